@@ -1,0 +1,13 @@
+"""loramix: mixtures of LoRA experts for causal language models.
+
+    mixture = loramix.compose(model, ["experts/math", "experts/code"], router="hard")
+"""
+
+__version__ = "0.1.0"
+
+from loramix.experts import Expert, load_expert, load_experts  # noqa: E402
+from loramix.mixture import MixtureModel, compose, load_mixture  # noqa: E402
+from loramix.routers import ROUTERS, Routing, make_router  # noqa: E402
+
+__all__ = ["Expert", "MixtureModel", "ROUTERS", "Routing", "compose", "load_expert", "load_experts",
+           "load_mixture", "make_router", "__version__"]

@@ -1,0 +1,418 @@
+"""The mixture model: frozen LoRA experts placed inside any HF causal LM, chosen per token by a router.
+
+``compose`` replaces every Linear an expert targets with a ``RoutedLinear`` and hooks its parent
+module (a *site*: e.g. ``model.layers.3.mlp``). The site's router decides once per token, on the
+site's input, and all its projections use that decision: gate_proj and up_proj apply their experts to
+the MLP input, down_proj to the activated hidden state. The base model keeps its module names apart
+from the ``base_layer`` of each routed Linear (as in PEFT).
+
+Only the router(s) and the optional attention LoRA (a PEFT LoRA on q/k/v/o) train; expert tensors are
+buffers with ``requires_grad=False`` (unless ``trainable_experts``, as ReMix needs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loramix import __version__
+from loramix.errors import LoramixError
+from loramix.experts import CONFIG_NAME, WEIGHTS_NAME, Expert, LoraWeights, load_experts, stack_module
+from loramix.io import atomic_path, sha256_file
+from loramix.kernels import routed_lora
+from loramix.routers import ROUTERS, Routing, fixed_routing, load_balance_loss, make_router, z_loss
+
+MIXTURE_CONFIG = "mixture_config.json"
+MIXTURE_WEIGHTS = "mixture.safetensors"
+ATTENTION_ADAPTER = "attention"
+FORMAT_VERSION = 1
+
+
+class RoutedLinear(nn.Module):
+    """``base_layer(x)`` plus the routed experts' LoRA delta, using its site's current routing."""
+
+    def __init__(self, base_layer: nn.Linear, A, B, scale, ranks: list[int], site: "RouteSite",
+                 trainable: bool = False):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        Bt = B.transpose(1, 2).contiguous()
+        if trainable:
+            self.expert_A, self.expert_Bt = nn.Parameter(A), nn.Parameter(Bt)
+        else:
+            self.register_buffer("expert_A", A, persistent=False)
+            self.register_buffer("expert_Bt", Bt, persistent=False)
+        self.register_buffer("expert_scale", scale, persistent=False)
+        self.ranks, self.scale_list = list(ranks), scale.tolist()
+        object.__setattr__(self, "site", site)  # a back-reference, not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        routing = self.site.routing
+        if routing is None:
+            return out
+        A, Bt = self.expert_A.to(x.dtype), self.expert_Bt.to(x.dtype)
+        return out + routed_lora(x, routing, A, Bt, self.expert_scale, self.scale_list, self.ranks)
+
+    def extra_repr(self) -> str:
+        return f"experts={len(self.ranks)}, ranks={self.ranks}"
+
+
+@dataclass
+class RouteSite:
+    """A module whose input is routed (e.g. one layer's MLP); its projections share the decision."""
+
+    name: str
+    router_index: int
+    routing: Routing | None = None
+    trace: list | None = None
+
+
+@dataclass
+class SiteTrace:
+    """What a site decided since the last reset: per token expert ids, weights and probabilities."""
+
+    site: str
+    expert_ids: torch.Tensor  # [batch, seq, k]
+    weights: torch.Tensor  # [batch, seq, k]
+    probs: torch.Tensor  # [batch, seq, E]
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+class MixtureModel(nn.Module):
+    """An HF causal LM with routed LoRA experts. Forwards ``forward``/``generate`` and any unknown
+    attribute (``config``, ``generation_config``, ...) to the wrapped model, so HF's ``Trainer`` and
+    TRL's trainers take it like a model."""
+
+    def __init__(self, model: nn.Module, experts: list[Expert], sites: list[RouteSite],
+                 routers: nn.ModuleList, settings: dict):
+        super().__init__()
+        self.model = model
+        self.routers = routers
+        self.experts = experts
+        self.sites = sites
+        self.settings = settings
+        self._override: dict | None = None
+        self.record_routing = True
+        self.load_balance_coef = float(settings.get("load_balance_coef", 0.0))
+        self.z_loss_coef = float(settings.get("z_loss_coef", 0.0))
+
+    # -- delegation ------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _route(self, site: RouteSite, module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        if self._override is not None:
+            routing = fixed_routing(tuple(x.shape[:-1]), self.num_experts, x.device, **self._override)
+        else:
+            routing = self.routers[site.router_index](x)
+        site.routing = routing
+        if self.record_routing:
+            rec = (routing.indices.detach(), routing.weights.detach(), routing.probs.detach())
+            site.trace = [rec] if site.trace is None else site.trace + [rec]
+
+    def reset_routing_trace(self) -> None:
+        for site in self.sites:
+            site.trace = None
+
+    def routing_trace(self) -> list[SiteTrace]:
+        """Per site (layer), the expert ids, weights and router probabilities of every token seen
+        since the last ``forward`` or ``generate`` began; generation steps are concatenated."""
+        out = []
+        for site in self.sites:
+            if not site.trace:
+                continue
+            idx, w, p = (torch.cat([rec[i] for rec in site.trace], dim=1) for i in range(3))
+            out.append(SiteTrace(site.name, idx, w, p))
+        return out
+
+    @contextlib.contextmanager
+    def force_expert(self, expert: int):
+        """Send every token, at every site, to ``expert`` (unit weight)."""
+        if not 0 <= int(expert) < self.num_experts:
+            raise LoramixError(f"expert must lie in 0..{self.num_experts - 1}, got {expert}")
+        with self._overridden({"expert": int(expert)}):
+            yield self
+
+    @contextlib.contextmanager
+    def route_sequences(self, expert_ids):
+        """Send every token of sequence b to expert ``expert_ids[b]`` (oracle / prompt-level routing)."""
+        with self._overridden({"sequence_experts": torch.as_tensor(expert_ids)}):
+            yield self
+
+    @contextlib.contextmanager
+    def fixed_weights(self, weights):
+        """Every token uses all experts with the dense weights ``weights`` ([E])."""
+        with self._overridden({"weights": weights}):
+            yield self
+
+    @contextlib.contextmanager
+    def _overridden(self, override: dict):
+        previous, self._override = self._override, override
+        try:
+            yield
+        finally:
+            self._override = previous
+
+    def aux_loss(self) -> torch.Tensor:
+        """The enabled auxiliary losses, averaged over the sites of the last forward."""
+        routings = [s.routing for s in self.sites if s.routing is not None and s.routing.logits is not None]
+        total = next(self.parameters()).new_zeros(())
+        if not routings:
+            return total
+        if self.load_balance_coef:
+            total = total + self.load_balance_coef * sum(load_balance_loss(r) for r in routings) / len(routings)
+        if self.z_loss_coef:
+            total = total + self.z_loss_coef * sum(z_loss(r) for r in routings) / len(routings)
+        return total
+
+    # -- model API -------------------------------------------------------------------------------
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        self.reset_routing_trace()
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        if self.training and (self.load_balance_coef or self.z_loss_coef):
+            aux = self.aux_loss()
+            out["aux_loss"] = aux
+            if getattr(out, "loss", None) is not None:
+                out["loss"] = out.loss + aux
+        return out
+
+    def generate(self, *args, **kwargs):
+        self.reset_routing_trace()
+        return self.model.generate(*args, **kwargs)
+
+    def trainable_parameters(self) -> int:
+        """The exact number of trainable parameters (each shared tensor counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_report(self) -> dict[str, int]:
+        groups = {"router": 0, "attention_lora": 0, "experts": 0, "other": 0}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = ("router" if name.startswith("routers.") else "attention_lora" if "lora_" in name
+                   else "experts" if ".expert_" in name else "other")
+            groups[key] += p.numel()
+        groups["total"] = sum(groups.values())
+        return groups
+
+    def set_router_step(self, step: int) -> None:
+        for r in self.routers:
+            r.set_step(step)
+
+    # -- save / load -----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad} | {
+            n: b.detach().cpu().contiguous() for n, b in self.routers.named_buffers(prefix="routers")}
+
+    def save_pretrained(self, save_directory: str | Path, **_ignored) -> Path:
+        """Write the router(s), the attention LoRA and any trainable experts (safetensors) plus
+        ``mixture_config.json`` naming each expert folder and its sha256. Atomic."""
+        save_directory = Path(save_directory)
+        config = dict(self.settings)
+        config.update(
+            format_version=FORMAT_VERSION,
+            loramix_version=__version__,
+            base_model={"class": type(self.model).__name__,
+                        "name_or_path": getattr(self.model.config, "_name_or_path", None)},
+            experts=[_expert_entry(e, self.settings.get("trainable_experts", False)) for e in self.experts],
+            sites=[s.name for s in self.sites],
+            trainable_parameters=self.trainable_parameters(),
+        )
+        with atomic_path(save_directory) as tmp:
+            tmp.mkdir()
+            save_file(self.trainable_state_dict(), str(tmp / MIXTURE_WEIGHTS))
+            (tmp / MIXTURE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return save_directory
+
+
+def _expert_entry(e: Expert, trainable: bool) -> dict:
+    entry = {"name": e.name, "path": None if trainable or e.path is None else str(Path(e.path).resolve()),
+             "sha256": e.sha256}
+    if entry["path"] is None:
+        entry["modules"] = {m: {"rank": w.rank, "scale": w.scale, "in": w.A.shape[1], "out": w.B.shape[0]}
+                            for m, w in e.modules.items()}
+    return entry
+
+
+def _as_experts(experts, model, names) -> list[Expert]:
+    if all(isinstance(e, Expert) for e in experts):
+        return list(experts)
+    if any(isinstance(e, Expert) for e in experts):
+        raise LoramixError("pass either Expert objects or adapter folders, not both")
+    return load_experts(experts, model, names)
+
+
+def compose(
+    model: nn.Module,
+    experts,
+    router: str = "hard",
+    top_k: int | None = None,
+    shared_router: bool = True,
+    attention_lora_rank: int = 0,
+    attention_lora_alpha: float | None = None,
+    attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    router_kwargs: dict | None = None,
+    load_balance_coef: float = 0.0,
+    z_loss_coef: float = 0.0,
+    expert_names: list[str] | None = None,
+    trainable_experts: bool = False,
+    seed: int | None = None,
+) -> MixtureModel:
+    """Place ``experts`` (PEFT adapter folders or ``Expert`` objects) inside ``model`` and route them.
+
+    router: one of ``hard`` (MoR-LoRA default), ``soft``, ``topk``, ``gumbel``, ``remix``, ``fixed``.
+    shared_router: one router for all sites (MoR-LoRA) or one per site (ReMix).
+    attention_lora_rank: if > 0, a trainable PEFT LoRA on ``attention_targets``.
+    The base model's own parameters are frozen. ``model`` is modified in place.
+    """
+    if isinstance(model, MixtureModel):
+        raise LoramixError("model is already a mixture")
+    if router not in ROUTERS:
+        from loramix.errors import unknown_name
+
+        raise unknown_name("router", router, ROUTERS)
+    experts = _as_experts(list(experts), model, expert_names)
+    if not experts:
+        raise LoramixError("compose needs at least one expert")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = dict(model.named_modules())
+    targets = sorted({m for e in experts for m in e.modules})
+    site_names = sorted({t.rpartition(".")[0] for t in targets}, key=_natural_key)
+    hidden = _text_config(model.config).hidden_size
+    settings = dict(router=router, top_k=top_k, shared_router=shared_router,
+                    attention_lora_rank=attention_lora_rank, attention_lora_alpha=attention_lora_alpha,
+                    attention_targets=list(attention_targets), router_kwargs=dict(router_kwargs or {}),
+                    load_balance_coef=load_balance_coef, z_loss_coef=z_loss_coef,
+                    trainable_experts=trainable_experts)
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        n_routers = 1 if shared_router else len(site_names)
+        routers = nn.ModuleList(
+            make_router(router, hidden, len(experts), top_k, **(router_kwargs or {})) for _ in range(n_routers))
+        settings["top_k"] = routers[0].top_k
+        sites = [RouteSite(name, 0 if shared_router else i) for i, name in enumerate(site_names)]
+        mixture = MixtureModel(model, experts, sites, routers, settings)
+        by_name = {s.name: s for s in sites}
+        for target in targets:
+            base = modules[target]
+            stack = stack_module(experts, target, base.in_features, base.out_features)
+            site = by_name[target.rpartition(".")[0]]
+            routed = RoutedLinear(base, stack.A, stack.B, stack.scale, stack.ranks, site, trainable_experts)
+            routed.to(device=base.weight.device)
+            parent_name, _, child = target.rpartition(".")
+            setattr(modules[parent_name], child, routed)
+        for site in sites:
+            modules[site.name].register_forward_pre_hook(functools.partial(mixture._route, site), with_kwargs=True)
+        if attention_lora_rank:
+            _add_attention_lora(model, attention_lora_rank, attention_lora_alpha or attention_lora_rank,
+                                attention_targets, set(targets))
+    mixture.to(next(model.parameters()).device)
+    return mixture
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in name.split(".")]
+
+
+def _add_attention_lora(model, rank, alpha, targets, routed: set[str]) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    clash = [m for m in routed if m.rpartition(".")[2] in targets]
+    if clash:
+        raise LoramixError(f"attention LoRA targets {list(targets)} overlap routed expert modules, e.g. {clash[0]}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
+    inject_adapter_in_model(config, model, adapter_name=ATTENTION_ADAPTER)
+    for name, p in model.named_parameters():
+        p.requires_grad_(f"lora_A.{ATTENTION_ADAPTER}." in name or f"lora_B.{ATTENTION_ADAPTER}." in name)
+
+
+def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_experts: bool = False,
+                 expert_paths: list[str | Path] | None = None) -> MixtureModel:
+    """Restore a mixture saved by ``MixtureModel.save_pretrained`` onto ``model`` (the same base).
+
+    Each expert folder is checked against the sha256 recorded at save time; a changed file is refused
+    unless ``accept_changed_experts``. ``expert_paths`` overrides the recorded folders (moved files).
+    """
+    mixture_dir = Path(mixture_dir)
+    cfg_path = mixture_dir / MIXTURE_CONFIG
+    if not cfg_path.is_file():
+        raise LoramixError(f"{cfg_path}: missing; not a loramix mixture folder")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise LoramixError(f"{cfg_path}: not valid JSON ({err})") from None
+    for key in ("experts", "router", "shared_router"):
+        if key not in cfg:
+            raise LoramixError(f"{cfg_path}: field {key!r} missing")
+    entries = cfg["experts"]
+    if expert_paths is not None and len(expert_paths) != len(entries):
+        raise LoramixError(f"{cfg_path}: expects {len(entries)} experts, got {len(expert_paths)} expert_paths")
+    experts: list[Expert] = []
+    from loramix.experts import load_expert
+
+    for i, entry in enumerate(entries):
+        if entry.get("path") is None:  # trainable experts: weights live in the mixture file
+            modules = {m: LoraWeights(torch.zeros(s["rank"], s["in"]), torch.zeros(s["out"], s["rank"]), s["scale"])
+                       for m, s in entry["modules"].items()}
+            experts.append(Expert(entry["name"], None, {}, modules, {}))
+            continue
+        folder = Path(expert_paths[i]) if expert_paths is not None else Path(entry["path"])
+        for fname, digest in entry.get("sha256", {}).items():
+            f = folder / fname
+            actual = sha256_file(f) if f.is_file() else None
+            if actual != digest and not accept_changed_experts:
+                raise LoramixError(
+                    f"{f}: sha256 differs from the one recorded in {cfg_path} (experts[{i}].sha256.{fname}); "
+                    "the expert changed since the mixture was saved (pass accept_changed_experts=True / "
+                    "--accept-changed-experts to load it anyway)")
+        experts.append(load_expert(folder, model, entry["name"]))
+    mixture = compose(
+        model, experts, router=cfg["router"], top_k=cfg.get("top_k"), shared_router=cfg["shared_router"],
+        attention_lora_rank=cfg.get("attention_lora_rank", 0), attention_lora_alpha=cfg.get("attention_lora_alpha"),
+        attention_targets=tuple(cfg.get("attention_targets", ("q_proj", "k_proj", "v_proj", "o_proj"))),
+        router_kwargs=cfg.get("router_kwargs"), load_balance_coef=cfg.get("load_balance_coef", 0.0),
+        z_loss_coef=cfg.get("z_loss_coef", 0.0), trainable_experts=cfg.get("trainable_experts", False))
+    weights_path = mixture_dir / MIXTURE_WEIGHTS
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+        raise LoramixError(f"{weights_path}: missing or corrupt ({err})") from None
+    expected = mixture.trainable_state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise LoramixError(f"{weights_path}: keys do not match the mixture config "
+                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    mixture.load_state_dict(state, strict=False)
+    return mixture
+
+
+__all__ = ["MixtureModel", "RoutedLinear", "RouteSite", "SiteTrace", "compose", "load_mixture",
+           "CONFIG_NAME", "WEIGHTS_NAME"]

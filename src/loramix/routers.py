@@ -1,0 +1,290 @@
+"""Routers: which experts each token uses, and with what weight.
+
+Every router shares one forward: a linear gate on the token's hidden state, softmax in fp32, then
+``select()``. Variants differ only in ``select``:
+
+=========  ==========================================================================================
+hard       top-1 (or hard top-k); each chosen expert gets weight exactly 1 in the forward pass, and the
+           straight-through estimator ``w = 1 + p - stopgrad(p)`` carries the gradient (MoR-LoRA)
+soft       all experts, weighted by the softmax (MoLE / LoRAMixer)
+topk       the k most probable, weighted by their probability, optionally renormalised (MixLoRA)
+gumbel     Gumbel-softmax with an annealed temperature; hard (straight-through) or soft
+remix      k experts sampled without replacement from softmax(Px) in training, top-k in eval; each
+           active expert gets a constant weight omega; exposes log Q(selection) for RLOO (ReMix)
+fixed      no gate: every token to one expert, a per-sequence expert id, or fixed dense weights
+=========  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loramix.errors import LoramixError, unknown_name
+
+
+@dataclass
+class Routing:
+    """A routing decision for a batch of tokens (leading shape ``[...]``, usually ``[batch, seq]``).
+
+    indices: [..., k] chosen experts (for dense routing k == E and indices == arange(E)).
+    weights: [..., k] the weight of each chosen expert (fp32, may carry gradient to the router).
+    probs:   [..., E] the router distribution the choice was made from (fp32).
+    logits:  [..., E] the gate logits, or None for routers without a gate.
+    log_prob: [...] log-probability of a sampled selection (ReMix, for RLOO), else None.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    probs: torch.Tensor
+    logits: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
+    dense: bool = False
+    _plan: object = field(default=None, repr=False, compare=False)  # kernels' cached dispatch plan
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs.shape[-1]
+
+
+def sorted_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores; ties go to the lower expert index, deterministically."""
+    if k == 1:
+        return scores.argmax(dim=-1, keepdim=True)  # first maximal index on ties
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None, sequence_experts=None,
+                  weights=None) -> Routing:
+    """Routing without a gate. ``expert``: an int for every token; ``sequence_experts``: a [batch]
+    tensor of expert ids, one per sequence; ``weights``: a dense [E] weight vector for every token."""
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        if w.shape != (num_experts,):
+            raise LoramixError(f"fixed routing weights must have {num_experts} entries, got {tuple(w.shape)}")
+        idx = torch.arange(num_experts, device=device).expand(*shape, num_experts)
+        ww = w.expand(*shape, num_experts)
+        return Routing(idx, ww, ww / w.sum().clamp_min(1e-12), dense=True)
+    if sequence_experts is not None:
+        ids = torch.as_tensor(sequence_experts, device=device).long()
+        if ids.shape[0] != shape[0]:
+            raise LoramixError(f"sequence_experts has {ids.shape[0]} ids for a batch of {shape[0]}")
+        idx = ids.view(-1, *([1] * (len(shape) - 1))).expand(*shape).unsqueeze(-1)
+    else:
+        if expert is None:
+            raise LoramixError("fixed routing needs an expert, sequence_experts or weights")
+        idx = torch.full((*shape, 1), int(expert), dtype=torch.long, device=device)
+    if int(idx.min()) < 0 or int(idx.max()) >= num_experts:
+        raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
+    probs = F.one_hot(idx[..., 0], num_experts).float()
+    return Routing(idx, torch.ones(idx.shape, device=device), probs)
+
+
+class Router(nn.Module):
+    """Linear gate + fp32 softmax; subclasses choose and weight experts in ``select``."""
+
+    kind = "base"
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int = 1, init_std: float = 0.02):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise LoramixError(f"top_k must lie in 1..{num_experts} (the number of experts), got {top_k}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        nn.init.normal_(self.gate.weight, std=init_std)
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = F.linear(x.float(), self.gate.weight.float())
+        return self.select(logits, logits.softmax(dim=-1))
+
+    def select(self, logits: torch.Tensor, probs: torch.Tensor) -> Routing:
+        raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """Called by training callbacks each optimizer step (temperature schedules)."""
+
+    def extra_config(self) -> dict:
+        """Constructor arguments beyond (hidden_size, num_experts, top_k), for save/load."""
+        return {}
+
+
+class HardRouter(Router):
+    """MoR-LoRA: the top-1 (or top-k) experts at unit weight, gradient by straight-through."""
+
+    kind = "hard"
+
+    def select(self, logits, probs):
+        idx = sorted_topk(probs, self.top_k)
+        p = probs.gather(-1, idx)
+        return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
+
+
+class SoftRouter(Router):
+    """Dense softmax over all experts (MoLE / LoRAMixer)."""
+
+    kind = "soft"
+
+    def __init__(self, hidden_size, num_experts, top_k=None, **kw):
+        super().__init__(hidden_size, num_experts, num_experts, **kw)
+
+    def select(self, logits, probs):
+        idx = torch.arange(self.num_experts, device=probs.device).expand_as(probs)
+        return Routing(idx, probs, probs, logits, dense=True)
+
+
+class TopKRouter(Router):
+    """Top-k experts weighted by their softmax probability; ``normalize`` renormalises to sum 1."""
+
+    kind = "topk"
+
+    def __init__(self, hidden_size, num_experts, top_k=2, normalize: bool = True, **kw):
+        super().__init__(hidden_size, num_experts, top_k, **kw)
+        self.normalize = normalize
+
+    def select(self, logits, probs):
+        idx = sorted_topk(probs, self.top_k)
+        w = probs.gather(-1, idx)
+        if self.normalize:
+            w = w / w.sum(-1, keepdim=True)
+        return Routing(idx, w, probs, logits)
+
+    def extra_config(self):
+        return {"normalize": self.normalize}
+
+
+class GumbelRouter(Router):
+    """Gumbel-softmax. The temperature anneals exponentially from ``tau_start`` to ``tau_end`` over
+    ``anneal_steps`` optimizer steps. ``hard``: top-1 with straight-through weights; else dense.
+    Evaluation uses no noise."""
+
+    kind = "gumbel"
+
+    def __init__(self, hidden_size, num_experts, top_k=1, hard: bool = True, tau_start: float = 2.0,
+                 tau_end: float = 0.5, anneal_steps: int = 1000, **kw):
+        super().__init__(hidden_size, num_experts, 1 if hard else num_experts, **kw)
+        self.hard, self.tau_start, self.tau_end, self.anneal_steps = hard, tau_start, tau_end, anneal_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def temperature(self) -> float:
+        frac = min(int(self.step) / max(self.anneal_steps, 1), 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+    def set_step(self, step):
+        self.step.fill_(step)
+
+    def select(self, logits, probs):
+        if self.training:
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            y = ((logits + gumbel) / self.temperature).softmax(-1)
+        else:
+            y = probs
+        if not self.hard:
+            idx = torch.arange(self.num_experts, device=y.device).expand_as(y)
+            return Routing(idx, y, probs, logits, dense=True)
+        idx = sorted_topk(y, 1)
+        p = y.gather(-1, idx)
+        return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
+
+    def extra_config(self):
+        return {"hard": self.hard, "tau_start": self.tau_start, "tau_end": self.tau_end,
+                "anneal_steps": self.anneal_steps}
+
+
+class ReMixRouter(Router):
+    """ReMix: in training, k experts drawn without replacement from softmax(Px) (Gumbel-top-k, which
+    is sequential sampling without replacement); in eval, the top-k. Each active expert gets the
+    constant weight omega = 2/(k*r) (``omega="linear"``) or 2/sqrt(k*r) (``omega="sqrt"``), so no
+    expert dominates. ``Routing.log_prob`` is log Q of the ordered draw,
+    sum_j [log p_(j) - log(1 - sum_{l<j} p_(l))], whose score-function gradient RLOO uses; the
+    weights carry no gradient to the router."""
+
+    kind = "remix"
+
+    def __init__(self, hidden_size, num_experts, top_k=2, rank: int = 8, omega: str = "linear", **kw):
+        super().__init__(hidden_size, num_experts, top_k, **kw)
+        if omega not in ("linear", "sqrt"):
+            raise LoramixError(f"omega must be 'linear' or 'sqrt', got {omega!r}")
+        self.rank, self.omega = rank, omega
+        kr = top_k * rank
+        self.weight_value = 2.0 / kr if omega == "linear" else 2.0 / math.sqrt(kr)
+
+    def select(self, logits, probs):
+        log_prob = None
+        if self.training:
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            idx = torch.sort(logits.detach() + gumbel, dim=-1, descending=True).indices[..., : self.top_k]
+            log_prob = selection_log_prob(probs, idx)
+        else:
+            idx = sorted_topk(probs, self.top_k)
+        w = torch.full(idx.shape, self.weight_value, device=probs.device)
+        return Routing(idx, w, probs, logits, log_prob=log_prob)
+
+    def extra_config(self):
+        return {"rank": self.rank, "omega": self.omega}
+
+
+def selection_log_prob(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log Q of drawing ``idx`` (in order) without replacement from ``probs``: [..., k] -> [...]."""
+    p = probs.gather(-1, idx)
+    taken = torch.cumsum(p, dim=-1) - p  # mass removed before each draw
+    return (p.clamp_min(1e-30).log() - (1.0 - taken).clamp_min(1e-30).log()).sum(-1)
+
+
+class FixedRouter(nn.Module):
+    """No gate and no parameters: every token to ``expert``, or to its sequence's id in
+    ``sequence_experts`` (oracle and prompt-level routing), or dense fixed ``weights``."""
+
+    kind = "fixed"
+
+    def __init__(self, hidden_size, num_experts, top_k=1, expert: int | None = 0, weights=None):
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.expert, self.weights, self.sequence_experts = expert, weights, None
+
+    def forward(self, x):
+        return fixed_routing(tuple(x.shape[:-1]), self.num_experts, x.device, self.expert,
+                             self.sequence_experts, self.weights)
+
+    def set_step(self, step):
+        pass
+
+    def extra_config(self):
+        weights = None if self.weights is None else [float(w) for w in self.weights]
+        return {"expert": self.expert, "weights": weights}
+
+
+ROUTERS: dict[str, type] = {r.kind: r for r in (HardRouter, SoftRouter, TopKRouter, GumbelRouter, ReMixRouter, FixedRouter)}
+
+
+def make_router(kind: str, hidden_size: int, num_experts: int, top_k: int | None = None, **kwargs) -> nn.Module:
+    if kind not in ROUTERS:
+        raise unknown_name("router", kind, ROUTERS)
+    cls = ROUTERS[kind]
+    if top_k is None:
+        top_k = {"topk": 2, "remix": 2, "soft": num_experts}.get(kind, 1)
+    return cls(hidden_size, num_experts, top_k, **kwargs)
+
+
+# --- auxiliary losses -------------------------------------------------------------------------
+
+
+def load_balance_loss(routing: Routing) -> torch.Tensor:
+    """Switch Transformer balance loss: E * sum_e f_e * P_e, with f_e the share of assignments to
+    expert e and P_e its mean router probability. Equals 1 when perfectly balanced."""
+    E = routing.num_experts
+    probs = routing.probs.reshape(-1, E)
+    counts = torch.bincount(routing.indices.reshape(-1), minlength=E).to(probs.dtype)
+    f = counts / counts.sum().clamp_min(1)
+    return E * (f * probs.mean(0)).sum()
+
+
+def z_loss(routing: Routing) -> torch.Tensor:
+    """Router z-loss (ST-MoE): mean squared log-sum-exp of the gate logits."""
+    if routing.logits is None:
+        return routing.probs.new_zeros(())
+    return torch.logsumexp(routing.logits.reshape(-1, routing.num_experts), dim=-1).pow(2).mean()

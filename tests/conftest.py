@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random models (hidden 64) and PEFT adapters made from them, built once."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 2, vocab: int = 97, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                  max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def make_adapter(model, folder, r: int, alpha: float, targets=MLP, seed: int = 0, **kw):
+    """A PEFT LoRA adapter with random (non-zero) A and B, saved as an ordinary PEFT folder."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **kw))
+    with torch.no_grad():  # make deltas large enough that a wrong expert is obvious
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(str(folder))
+    return str(folder)
+
+
+def adapter_set(model, root):
+    """Three experts of ranks 2, 4, 8; the second uses rsLoRA and the third lacks down_proj."""
+    return [
+        make_adapter(model, root / "e0", r=2, alpha=4, seed=10),
+        make_adapter(model, root / "e1", r=4, alpha=6, seed=11, use_rslora=True),
+        make_adapter(model, root / "e2", r=8, alpha=8, targets=["gate_proj", "up_proj"], seed=12),
+    ]
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def arch_setup(request, tmp_path_factory):
+    model = tiny_model(request.param)
+    root = tmp_path_factory.mktemp(f"adapters_{request.param}")
+    return request.param, model, adapter_set(model, root)
+
+
+@pytest.fixture(scope="session")
+def llama_setup(tmp_path_factory):
+    model = tiny_model("llama")
+    root = tmp_path_factory.mktemp("adapters_llama")
+    return model, adapter_set(model, root)
+
+
+@pytest.fixture
+def fresh(llama_setup):
+    """A fresh copy of the tiny Llama and its three adapter folders."""
+    model, paths = llama_setup
+    return copy.deepcopy(model), paths

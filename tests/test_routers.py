@@ -1,0 +1,192 @@
+"""Routers and the routed kernels, against direct per-token references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loramix.errors import LoramixError
+from loramix.kernels import routed_lora
+from loramix.routers import (Routing, fixed_routing, load_balance_loss, make_router, selection_log_prob,
+                             sorted_topk, z_loss)
+
+
+def test_hard_router_unit_weight_and_ste_gradient():
+    torch.manual_seed(0)
+    r = make_router("hard", 8, 4)
+    x = torch.randn(5, 8)
+    routing = r(x)
+    assert torch.equal(routing.weights, torch.ones(5, 1))
+    assert torch.equal(routing.indices[:, 0], routing.probs.argmax(-1))
+    routing.weights.sum().backward()  # d/dlogits of sum_t p_t[chosen]
+    assert r.gate.weight.grad.abs().sum() > 0
+
+
+def test_hard_top2_and_ties_are_deterministic():
+    probs = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.1, 0.4, 0.4, 0.1]])
+    assert sorted_topk(probs, 1).tolist() == [[0], [1]]
+    assert sorted_topk(probs, 2).tolist() == [[0, 1], [1, 2]]
+    r = make_router("hard", 8, 4, top_k=2)
+    with torch.no_grad():
+        r.gate.weight.zero_()
+    out = r(torch.randn(3, 8))
+    assert out.indices.tolist() == [[0, 1]] * 3
+
+
+def test_soft_and_topk_weights():
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    soft = make_router("soft", 8, 4)
+    s = soft(x)
+    assert s.dense and torch.allclose(s.weights, s.probs) and s.indices.shape == (6, 4)
+    topk = make_router("topk", 8, 4, top_k=2, normalize=True)
+    topk.load_state_dict(soft.state_dict())
+    t = topk(x)
+    assert torch.allclose(t.weights.sum(-1), torch.ones(6))
+    raw = make_router("topk", 8, 4, top_k=2, normalize=False)
+    raw.load_state_dict(soft.state_dict())
+    assert torch.allclose(raw(x).weights, s.probs.gather(-1, t.indices))
+
+
+def test_gumbel_temperature_schedule_and_eval_is_deterministic():
+    g = make_router("gumbel", 8, 4, tau_start=2.0, tau_end=0.5, anneal_steps=100)
+    assert g.temperature == pytest.approx(2.0)
+    g.set_step(50)
+    assert g.temperature == pytest.approx(1.0)
+    g.set_step(1000)
+    assert g.temperature == pytest.approx(0.5)
+    x = torch.randn(20, 8)
+    g.eval()
+    assert torch.equal(g(x).indices, g(x).indices)
+    g.train()
+    torch.manual_seed(0)
+    noisy = torch.cat([g(x).indices for _ in range(20)])
+    assert noisy.unique().numel() > 1
+    soft = make_router("gumbel", 8, 4, hard=False)
+    assert soft(x).dense
+
+
+def test_remix_samples_without_replacement_with_constant_weight():
+    torch.manual_seed(0)
+    r = make_router("remix", 8, 6, top_k=3, rank=4, omega="linear").train()
+    out = r(torch.randn(500, 8))
+    assert all(len(set(row)) == 3 for row in out.indices.tolist())
+    assert torch.all(out.weights == 2 / (3 * 4))
+    assert out.log_prob.shape == (500,) and out.log_prob.requires_grad
+    assert make_router("remix", 8, 6, top_k=3, rank=4, omega="sqrt").weight_value == pytest.approx(2 / math.sqrt(12))
+    r.eval()
+    ev = r(torch.randn(4, 8))
+    assert ev.log_prob is None and torch.equal(ev.indices, sorted_topk(ev.probs, 3))
+
+
+def test_remix_selection_probability_is_exact():
+    """log Q sums to 1 over all ordered draws, and the sampler draws with those frequencies."""
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    draws = list(itertools.permutations(range(4), 2))
+    q = {d: selection_log_prob(probs, torch.tensor(d)).exp().item() for d in draws}
+    assert sum(q.values()) == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    r = make_router("remix", 4, 4, top_k=2, rank=1).train()
+    with torch.no_grad():
+        r.gate.weight.zero_()
+        r.gate.weight[:, 0] = probs.log()
+    n = 40000
+    x = torch.zeros(n, 4)
+    x[:, 0] = 1.0
+    got = r(x).indices.tolist()
+    for d in draws:
+        freq = sum(1 for g in got if tuple(g) == d) / n
+        assert abs(freq - q[d]) < 4 * math.sqrt(q[d] * (1 - q[d]) / n) + 1e-3, d
+
+
+def test_fixed_routing_forms():
+    r = fixed_routing((2, 3), 4, "cpu", expert=2)
+    assert r.indices.shape == (2, 3, 1) and (r.indices == 2).all() and (r.weights == 1).all()
+    s = fixed_routing((2, 3), 4, "cpu", sequence_experts=[1, 3])
+    assert s.indices[:, :, 0].tolist() == [[1, 1, 1], [3, 3, 3]]
+    w = fixed_routing((2, 3), 4, "cpu", weights=[0.1, 0.2, 0.3, 0.4])
+    assert w.dense and torch.allclose(w.weights[1, 2], torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    with pytest.raises(LoramixError, match="expert ids must lie in 0..3"):
+        fixed_routing((2, 3), 4, "cpu", expert=4)
+
+
+def test_aux_losses():
+    E = 4
+    uniform = Routing(torch.arange(8).remainder(E)[:, None], torch.ones(8, 1), torch.full((8, E), 0.25),
+                      logits=torch.zeros(8, E))
+    assert load_balance_loss(uniform).item() == pytest.approx(1.0)
+    collapsed = Routing(torch.zeros(8, 1, dtype=torch.long), torch.ones(8, 1),
+                        torch.tensor([[1.0, 0, 0, 0]]).expand(8, E), logits=torch.zeros(8, E))
+    assert load_balance_loss(collapsed).item() == pytest.approx(4.0)
+    assert z_loss(uniform).item() == pytest.approx(math.log(4) ** 2)
+
+
+def test_unknown_router_and_bad_top_k():
+    with pytest.raises(LoramixError, match="unknown router 'moe'; valid:"):
+        make_router("moe", 8, 4)
+    with pytest.raises(LoramixError, match="top_k must lie in 1..4"):
+        make_router("topk", 8, 4, top_k=5)
+
+
+def reference_delta(x, indices, weights, A, Bt, scale):
+    """Per token, per chosen expert: the definition, in float64."""
+    out = torch.zeros(x.shape[0], Bt.shape[-1], dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j in range(indices.shape[1]):
+            e = int(indices[t, j])
+            out[t] += float(weights[t, j]) * float(scale[e]) * (x[t].double() @ A[e].double().T @ Bt[e].double())
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tokens=st.integers(1, 24), experts=st.integers(1, 6), din=st.integers(1, 12), dout=st.integers(1, 12),
+    ranks=st.lists(st.integers(0, 5), min_size=6, max_size=6), k=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 10_000),
+    dense=st.booleans(),
+)
+def test_routed_kernel_matches_per_token_reference(tokens, experts, din, dout, ranks, k, dtype, seed, dense):
+    g = torch.Generator().manual_seed(seed)
+    k = min(k, experts)
+    ranks = ranks[:experts]
+    rmax = max(max(ranks), 1)
+    A = torch.zeros(experts, rmax, din)
+    Bt = torch.zeros(experts, rmax, dout)
+    for e, r in enumerate(ranks):
+        A[e, :r] = torch.randn(r, din, generator=g)
+        Bt[e, :r] = torch.randn(r, dout, generator=g)
+    scale = torch.tensor([0.0 if r == 0 else 0.5 + e for e, r in enumerate(ranks)])
+    x = torch.randn(tokens, din, generator=g)
+    if dense:
+        indices = torch.arange(experts).expand(tokens, experts)
+        weights = torch.rand(tokens, experts, generator=g)
+    else:  # random choices, including experts that get no token at all
+        indices = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)])
+        weights = torch.rand(tokens, k, generator=g)
+    routing = Routing(indices, weights, torch.full((tokens, experts), 1 / experts), dense=dense)
+    got = routed_lora(x.to(dtype), routing, A.to(dtype), Bt.to(dtype), scale, scale.tolist(), ranks)
+    ref = reference_delta(x.to(dtype), indices, weights, A.to(dtype), Bt.to(dtype), scale)
+    tol = 1e-4 if dtype != torch.bfloat16 else 6e-2
+    assert got.dtype == dtype and got.shape == (tokens, dout)
+    assert torch.allclose(got.double(), ref, atol=tol * (1 + ref.abs().max().item()), rtol=tol)
+
+
+def test_hard_kernel_equals_forced_expert_reference():
+    """Hard routing with experts that receive no tokens, and a single expert."""
+    torch.manual_seed(0)
+    A, Bt = torch.randn(5, 3, 8), torch.randn(5, 3, 6)
+    scale = torch.ones(5)
+    x = torch.randn(10, 8)
+    idx = torch.tensor([[4]] * 6 + [[1]] * 4)  # experts 0, 2, 3 get nothing
+    r = Routing(idx, torch.ones(10, 1), torch.zeros(10, 5))
+    got = routed_lora(x, r, A, Bt, scale, scale.tolist(), [3] * 5)
+    for t in range(10):
+        e = int(idx[t, 0])
+        assert torch.allclose(got[t], x[t] @ A[e].T @ Bt[e], atol=1e-5)
+    one = Routing(torch.zeros(10, 1, dtype=torch.long), torch.ones(10, 1), torch.ones(10, 1))
+    assert torch.allclose(routed_lora(x, one, A[:1], Bt[:1], scale[:1], [1.0], [3]), x @ A[0].T @ Bt[0], atol=1e-5)
