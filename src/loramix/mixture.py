@@ -230,6 +230,18 @@ class MixtureModel(nn.Module):
         return {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad} | {
             n: b.detach().cpu().contiguous() for n, b in self.routers.named_buffers(prefix="routers")}
 
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str | Path = "state dict") -> None:
+        """Load what ``trainable_state_dict`` wrote; the keys and shapes must match exactly."""
+        expected = self.trainable_state_dict()
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+        if missing or unexpected:
+            raise LoramixError(f"{source}: keys do not match the mixture config "
+                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise LoramixError(f"{source}: {key}: shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+        self.load_state_dict(state, strict=False)
+
     def save_pretrained(self, save_directory: str | Path, **_ignored) -> Path:
         """Write the router(s), the attention LoRA and any trainable experts (safetensors) plus
         ``mixture_config.json`` naming each expert folder and its sha256. Atomic."""
@@ -405,12 +417,7 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
         state = load_file(str(weights_path))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types
         raise LoramixError(f"{weights_path}: missing or corrupt ({err})") from None
-    expected = mixture.trainable_state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    if missing or unexpected:
-        raise LoramixError(f"{weights_path}: keys do not match the mixture config "
-                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    mixture.load_state_dict(state, strict=False)
+    mixture.load_trainable_state_dict(state, weights_path)
     return mixture
 
 

@@ -1,0 +1,166 @@
+"""The five synthetic domains: reference traces verify, splits are disjoint, generation is
+deterministic, difficulty sets the length, and everything fits the tiny model's context."""
+
+import string
+
+import pytest
+
+from loramix.errors import LoramixError
+from loramix.tasks import SYNTHETIC_TASKS, get_task, split_of
+from loramix.tasks.synthetic.add import add_trace
+from loramix.tasks.synthetic.boolean import bool_trace, random_expr, render
+from loramix.tasks.synthetic.mod import mod_trace
+from loramix.tasks.synthetic.sort import sort_trace
+from loramix.tasks.synthetic.strings import reverse_trace
+
+PRINTABLE = set(string.printable) - set("\t\r\x0b\x0c")
+MAX_LEN = {"easy": 200, "hard": 320}
+
+
+def test_synthetic_names_fixed_order():
+    assert SYNTHETIC_TASKS == ("add", "sort", "bool", "mod", "strings")
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_TASKS)
+@pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
+def test_reference_completions_verify_and_score_max(name, difficulty):
+    task = get_task(name)
+    for ex in task.examples("train", 200, difficulty=difficulty):
+        completion = task.reference_completion(ex)
+        assert task.is_correct(completion, ex), (ex, completion)
+        assert task.reward(completion, ex) == pytest.approx(task.reward_config.max)
+        assert ex.prompt.startswith(f"{name}: ") and ex.prompt.endswith("\n") and ex.task == name
+        assert set(ex.prompt + completion) <= PRINTABLE
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_TASKS)
+def test_wrong_answers_fail(name):
+    task = get_task(name)
+    for ex in task.examples("test", 50, difficulty="hard"):
+        wrong = {"add": lambda a: str(int(a) + 1), "mod": lambda a: str(int(a) + 20),
+                 "sort": lambda a: " ".join(reversed(a.split())) if len(set(a.split())) > 1 else a + " 1",
+                 "bool": lambda a: "F" if a == "T" else "T", "strings": lambda a: a + "x"}[name](ex.answer)
+        bad = task.reference_completion(ex).replace(f'"answer": "{ex.answer}"', f'"answer": "{wrong}"')
+        assert not task.is_correct(bad, ex)
+        assert task.reward(bad, ex) == pytest.approx(-0.8)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_TASKS)
+def test_splits_disjoint(name):
+    task = get_task(name)
+    prompts = {s: {e.prompt for e in task.examples(s, 300, difficulty="easy")} for s in
+               ("train", "validation", "test")}
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["validation"] & prompts["test"]
+    for split, ps in prompts.items():
+        assert all(split_of(p) == split for p in ps)
+    # a different seed gives different problems, still in their split
+    other = {e.prompt for e in task.examples("train", 50, seed=1, difficulty="easy")}
+    assert other != set(list(prompts["train"])[:50]) and all(split_of(p) == "train" for p in other)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_TASKS)
+def test_deterministic_and_prefix_stable(name):
+    a = get_task(name).examples("train", 40, seed=3, difficulty="medium")
+    b = get_task(name).examples("train", 40, seed=3, difficulty="medium")
+    assert a == b
+    assert get_task(name).examples("train", 10, seed=3, difficulty="medium") == a[:10]
+    assert get_task(name).examples("train", 40, seed=4, difficulty="medium") != a
+    assert get_task(name).examples("train", 40, seed=3, difficulty=2) == a  # int level alias
+
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_TASKS)
+def test_lengths_fit_the_context(name):
+    task = get_task(name)
+    for difficulty, limit in MAX_LEN.items():
+        lengths = [len(e.prompt) + len(task.reference_completion(e))
+                   for e in task.examples("train", 500, difficulty=difficulty)]
+        assert max(lengths) <= limit, (name, difficulty, max(lengths))
+    easy = [len(e.prompt) for e in task.examples("train", 200, difficulty="easy")]
+    hard = [len(e.prompt) for e in task.examples("train", 200, difficulty="hard")]
+    assert max(easy) <= min(hard) + 3 and sum(hard) / len(hard) > sum(easy) / len(easy) + 3
+
+
+def _size(name: str, prompt: str) -> int:
+    body = prompt.split(": ", 1)[1].strip()
+    return {"add": lambda: max(len(x) for x in body.split("+")), "sort": lambda: len(body.split()),
+            "bool": lambda: sum(body.count(c) for c in "&|^!"), "mod": lambda: len(body.split("%")[0]),
+            "strings": lambda: len(body.split()[1])}[name]()
+
+
+@pytest.mark.parametrize("name, easy, hard", [
+    ("add", (2, 3), (4, 6)), ("sort", (3, 4), (6, 8)), ("bool", (2, 3), (5, 7)),
+    ("mod", (2, 3), (5, 7)), ("strings", (3, 5), (8, 12)),
+])
+def test_difficulty_ranges(name, easy, hard):
+    task = get_task(name)
+    for difficulty, (lo, hi) in (("easy", easy), ("hard", hard)):
+        sizes = {_size(name, e.prompt) for e in task.examples("train", 300, difficulty=difficulty)}
+        assert min(sizes) == lo and max(sizes) == hi, (name, difficulty, sizes)
+
+
+def test_bad_difficulty_and_split():
+    with pytest.raises(LoramixError, match="unknown difficulty 'extreme'"):
+        get_task("add").examples("train", 1, difficulty="extreme")
+    with pytest.raises(LoramixError, match="unknown split 'eval'.*test.*train.*validation"):
+        get_task("add").examples("eval", 1)
+    assert get_task("add").examples("val", 3) == get_task("add").examples("validation", 3)
+
+
+def test_trace_formats():
+    assert add_trace(482, 739) == "2+9+0=11 8+3+1=12 4+7+1=12|1221"
+    assert add_trace(4821, 39) == "1+9+0=10 2+3+1=06 8+0+0=08 4+0+0=04|4860"
+    assert sort_trace([52, 7, 31, 9]) == "7 52|7 31 52|7 9 31 52"
+    assert mod_trace(4837, 7) == "4%7=4 48%7=6 63%7=0 7%7=0"
+    assert reverse_trace("abc") == "1a 2b 3c|3c 2b 1a"
+    expr = ("|", ("&", True, False), ("!", ("^", False, True)))
+    assert render(expr) == "(T&F)|!(F^T)"
+    assert bool_trace(expr) == ("F|!(F^T)=F|!T=F|F=F", "F")
+
+
+def test_bool_traces_evaluate_correctly():
+    import random
+
+    def ev(node):
+        if isinstance(node, bool):
+            return node
+        if node[0] == "!":
+            return not ev(node[1])
+        a, b = ev(node[1]), ev(node[2])
+        return {"&": a and b, "|": a or b, "^": a != b}[node[0]]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        expr = random_expr(rng, rng.randint(1, 7))
+        assert bool_trace(expr)[1] == ("T" if ev(expr) else "F")
+
+
+def test_to_dataset_columns():
+    ds = get_task("mod").to_dataset("train", 5, difficulty="easy")
+    assert ds.column_names == ["prompt", "answer", "task", "completion"]
+    assert len(ds) == 5 and set(ds["task"]) == {"mod"}
+    assert ds[0]["completion"].startswith("<think>")
+
+
+def test_saved_examples_verify(tmp_path):
+    import json
+
+    from loramix.tasks import verify_file
+
+    task = get_task("bool")
+    exs = task.examples("test", 20, difficulty="easy")
+    rows = [{"prompt": e.prompt, "answer": e.answer, "reasoning": e.reasoning} for e in exs]
+    path = tmp_path / "bool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert task.load(path) == exs
+    assert (verify_file(task, path).checked, verify_file(task, path).failed) == (20, 0)
+    rows[5]["answer"] = "maybe"  # not a truth value: the bool verifier cannot match it even to itself
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = verify_file(task, path)
+    assert (report.checked, report.failed) == (20, 1) and report.failures[0].where == "line 6"
+    rows[5]["answer"] = 5
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LoramixError, match=r"line 6: field 'answer': expected str, got int"):
+        task.load(path)
