@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import loramix

@@ -1,0 +1,441 @@
+"""The `loramix` command line. Each subcommand is a thin call into a typed function of a module;
+no logic lives here. User errors (`loramix.errors.LoramixError`) print one line and exit 2; `--debug`
+shows the traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from loramix.errors import LoramixError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+console = Console()
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+# --- core -------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its outputs."),
+) -> None:
+    """Run the main job end to end on the embedded default."""
+    from loramix.demo import run_demo
+
+    run_demo(out, console=console)
+
+
+# --- tasks (issue 3) --------------------------------------------------------------------------
+
+tasks_app = typer.Typer(no_args_is_help=True, help="Verifiable tasks: list them, check a data file.")
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """Show the registered tasks."""
+    from rich.table import Table
+
+    from loramix.tasks import list_tasks, task_info
+
+    table = Table("name", "kind", "answer type", "verifier", "description")
+    for name in list_tasks():
+        info = task_info(name)
+        table.add_row(name, info.kind, info.answer_type, info.verifier, info.description)
+    console.print(table)
+
+
+@tasks_app.command("verify")
+def tasks_verify(
+    task: str = typer.Argument(..., help="Task name (see `loramix tasks list`)."),
+    data: Path = typer.Option(..., "--data", help="Raw data file (JSONL, JSON, parquet) or save_to_disk folder."),
+    split: Optional[str] = typer.Option(None, help="Split to read from a DatasetDict folder."),
+) -> None:
+    """Check that every gold answer in a data file passes the task's own verifier."""
+    from loramix.tasks import get_task, verify_file
+
+    report = verify_file(get_task(task), data, split)
+    for f in report.failures[:20]:
+        console.print(f"{data}: {f.where}: gold {f.answer!r} fails the verifier (read back {f.extracted!r})",
+                      highlight=False, soft_wrap=True)
+    console.print(f"{task}: checked {report.checked}, failed {report.failed}", highlight=False)
+    if not report.ok:
+        raise SystemExit(1)  # not typer.Exit: main() runs click with standalone_mode=False
+
+
+# --- base model (issue 3) ---------------------------------------------------------------------
+
+base_app = typer.Typer(no_args_is_help=True, help="The tiny embedded base model.")
+app.add_typer(base_app, name="base")
+
+
+@base_app.command("build")
+def base_build(
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the cache path of this config)."),
+    seed: int = typer.Option(0, help="Seed; the same seed and config give identical weights."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the built-in config)."),
+    hidden: Optional[int] = typer.Option(None, help="Hidden size."),
+    layers: Optional[int] = typer.Option(None, help="Number of decoder layers."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    force: bool = typer.Option(False, help="Rebuild even if a complete build exists."),
+) -> None:
+    """Pretrain the tiny base model on CPU (cached: reused if already built)."""
+    from loramix.base_model import base_info, build_or_reuse
+
+    given = {"steps": steps, "hidden": hidden, "layers": layers, "batch_size": batch_size, "lr": lr}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    path, built = build_or_reuse(out, force=force, seed=seed, **overrides)
+    info = base_info(path)
+    verb = "built" if built else "already built"
+    console.print(
+        f"{verb}: {path} ({info['parameters']:,} parameters, {info['build_seconds']} s, "
+        f"final loss {info['final_loss']})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@base_app.command("path")
+def base_path() -> None:
+    """Print the cache path of the default base model (and whether it is built)."""
+    from loramix.base_model import default_base_path, is_built
+
+    path = default_base_path()
+    console.print(f"{path} ({'built' if is_built(path) else 'not built'})", highlight=False, soft_wrap=True)
+
+
+# --- training (issue 4) -----------------------------------------------------------------------
+
+
+@app.command("train-expert")
+def train_expert_cmd(
+    task: str = typer.Option(..., "--task", help="Task name (see `loramix tasks list`)."),
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    out: Path = typer.Option(..., "--out", help="Output adapter folder (appears only when complete)."),
+    method: str = typer.Option("grpo", "--method", help="grpo (RLVR) or sft (on reference traces)."),
+    sft_warmup_steps: int = typer.Option(0, "--sft-warmup-steps", help="With grpo: SFT steps first (sft+grpo)."),
+    steps: int = typer.Option(60, "--steps", help="Optimizer steps (of the GRPO phase with a warm-up)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="GRPO: completions per step; SFT: examples per step."),
+    num_generations: int = typer.Option(8, "--num-generations", help="GRPO completions per prompt."),
+    temperature: float = typer.Option(1.0, "--temperature", help="GRPO sampling temperature."),
+    max_completion_length: Optional[int] = typer.Option(
+        None, "--max-completion-length", help="Tokens per completion (default: longest reference + 25%)."),
+    lr: float = typer.Option(5e-4, "--lr", "--learning-rate", help="Learning rate."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank r."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    beta: float = typer.Option(0.0, "--beta", help="GRPO KL coefficient (0: no reference model)."),
+    difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
+    n_train: int = typer.Option(1000, "--n-train", help="Number of train prompts."),
+    n_eval: int = typer.Option(100, "--n-eval", help="Held-out validation prompts for accuracy before/after."),
+    seed: int = typer.Option(0, "--seed", help="Seed (data, LoRA init, sampling)."),
+    save_steps: int = typer.Option(10, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a complete or differently-configured run exists."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
+) -> None:
+    """Train one LoRA expert (MLP projections) on one task by GRPO or SFT; resumes if interrupted."""
+    from loramix.train import ExpertTrainConfig, train_expert
+
+    config = ExpertTrainConfig(
+        task=task, base=base, out=out, method=method, sft_warmup_steps=sft_warmup_steps, steps=steps,
+        batch_size=batch_size, num_generations=num_generations, temperature=temperature,
+        max_completion_length=max_completion_length, learning_rate=lr, lora_r=rank, lora_alpha=alpha,
+        beta=beta, difficulty=difficulty, n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
+        threads=threads, force=force, progress=not quiet,
+    )
+    train_expert(config, console=console)
+
+
+@app.command("train-remix")
+def train_remix_cmd(
+    out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable)."),
+    traces: Optional[Path] = typer.Option(None, "--traces", help="JSONL file with prompt/completion fields."),
+    router: str = typer.Option("remix", "--router", help="remix (RLOO, sampled top-k) or topk (MixLoRA baseline)."),
+    experts_n: int = typer.Option(8, "--experts-n", help="Fresh LoRA experts per layer."),
+    k: int = typer.Option(2, "--k", help="Experts active per token."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank r of each expert."),
+    samples: int = typer.Option(4, "--samples", help="RLOO samples M per sequence (remix)."),
+    omega: str = typer.Option("linear", "--omega", help="ReMix weight: linear 2/(kr) or sqrt 2/sqrt(kr)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step (each repeated M times)."),
+    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
+    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="Router learning rate (default: --lr)."),
+    n_examples: int = typer.Option(512, "--n-examples", help="Train examples per task."),
+    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="Task difficulty (default: the task's)."),
+    max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence."),
+    logq_tokens: str = typer.Option("all", "--logq-tokens", help="log Q over all attended tokens or 'completion'."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    logging_steps: int = typer.Option(10, "--logging-steps", help="Log (loss, ESS per layer) every this many steps."),
+    save_steps: int = typer.Option(100, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+) -> None:
+    """Train fresh LoRA experts + per-layer routers with ReMix (RLOO) or the top-k baseline."""
+    from loramix.train.remix import ReMixConfig, train_remix
+
+    config = ReMixConfig(
+        out=out, base=base, tasks=tuple(task or ()), traces=traces, router=router, experts_n=experts_n, k=k,
+        rank=rank, samples=samples, omega=omega, steps=steps, batch_size=batch_size, lr=lr, router_lr=router_lr,
+        n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,
+        logging_steps=logging_steps, save_steps=save_steps, threads=threads,
+    )
+    path = train_remix(config)
+    console.print(f"mixture: {path}", highlight=False, soft_wrap=True)
+
+
+def _bl_split(values: Optional[list[str]]) -> list[str]:
+    """Repeated and/or comma-separated option values."""
+    return [t.strip() for v in values or () for t in str(v).split(",") if t.strip()]
+
+
+@app.command("merge")
+def merge_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    method: str = typer.Option(..., "--method", help="linear, cat, ties, dare (= dare_ties), dare_ties or dare_linear."),
+    out: Path = typer.Option(..., "--out", help="Output PEFT adapter folder (appears only when complete)."),
+    weights: Optional[list[str]] = typer.Option(None, "--weights", help="One weight per expert (default: equal, 1/E)."),
+    density: float = typer.Option(0.5, "--density", help="Kept share for ties/dare."),
+    seed: int = typer.Option(0, "--seed", help="Seed (DARE's random drop)."),
+) -> None:
+    """Merge experts into one PEFT adapter (PEFT add_weighted_adapter: linear, cat, TIES, DARE)."""
+    from loramix.train.baselines import merge_experts
+
+    ws = [float(w) for w in _bl_split(weights)] or None
+    path = merge_experts(base, _bl_split(experts), method, out, weights=ws, density=density, seed=seed)
+    console.print(f"merged adapter: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("train-multitask")
+def train_multitask_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion rows), e.g. the union of all tasks."),
+    out: Path = typer.Option(..., "--out", help="Output PEFT adapter folder (appears only when complete)."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank r (set it to match a mixture's active parameters)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (default: 2 x rank)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
+    lr: float = typer.Option(5e-4, "--lr", "--learning-rate", help="Learning rate."),
+    max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a complete run with another config exists."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train one multi-task LoRA (MLP projections) by SFT on a traces file; resumes if interrupted."""
+    from loramix.train.baselines import MultitaskConfig, train_multitask
+
+    config = MultitaskConfig(base=base, traces=str(traces), out=str(out), rank=rank, alpha=alpha, steps=steps,
+                             batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
+                             save_steps=save_steps, threads=threads, force=force, progress=not quiet)
+    console.print(f"multi-task LoRA: {train_multitask(config)}", highlight=False, soft_wrap=True)
+
+
+@app.command("train-prompt-router")
+def train_prompt_router_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    out: Path = typer.Option(..., "--out", help="Output mixture folder (fixed router + prompt_router.*)."),
+    traces: Optional[Path] = typer.Option(None, "--traces", help="Traces JSONL with task and expert_index per row."),
+    tasks: Optional[list[str]] = typer.Option(None, "--tasks", "--task", help="Or: task names, task i -> expert i."),
+    n_per_task: int = typer.Option(200, "--n-per-task", help="With --tasks: train prompts per task."),
+    steps: int = typer.Option(300, "--steps", help="Classifier optimizer steps (full batch)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+) -> None:
+    """Train a prompt-level router: one expert per prompt from the base model's mean-pooled prompt states."""
+    import json as _json
+
+    from loramix.train.baselines import build_prompt_router
+
+    path = build_prompt_router(base, _bl_split(experts), out, traces=traces, tasks=_bl_split(tasks) or None,
+                               n_per_task=n_per_task, steps=steps, seed=seed)
+    acc = _json.loads((path / "metrics.json").read_text())["heldout_accuracy"]
+    console.print(f"prompt router: {path} (held-out accuracy {acc})", highlight=False, soft_wrap=True)
+
+
+@app.command("oracle-mixture")
+def oracle_mixture_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    tasks: list[str] = typer.Option(..., "--tasks", "--task", help="One task per expert, in order."),
+    out: Path = typer.Option(..., "--out", help="Output mixture folder (for evaluate --routing oracle)."),
+) -> None:
+    """Save a fixed-router mixture whose experts are named after their tasks (oracle routing)."""
+    from loramix.train.baselines import make_oracle_mixture
+
+    path = make_oracle_mixture(base, _bl_split(experts), _bl_split(tasks), out)
+    console.print(f"oracle mixture: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("build-xlora")
+def build_xlora_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    out: Path = typer.Option(..., "--out", help="Output recipe folder (loramix_baseline.json + classifier)."),
+    traces: Optional[Path] = typer.Option(None, "--traces", help="Train the X-LoRA classifier by SFT on these traces."),
+    steps: int = typer.Option(0, "--steps", help="Classifier SFT steps (0: untrained classifier)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
+    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
+    depth: int = typer.Option(1, "--depth", help="X-LoRA classifier depth."),
+    layerwise: bool = typer.Option(False, "--layerwise", help="Layer-wise scalings."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """PEFT X-LoRA over the experts (classifier optionally trained by SFT on traces)."""
+    from loramix.train.baselines import build_xlora
+
+    path = build_xlora(base, _bl_split(experts), out, traces=traces, steps=steps, batch_size=batch_size,
+                       learning_rate=lr, seed=seed, progress=not quiet, xlora_depth=depth, layerwise_scalings=layerwise)
+    console.print(f"X-LoRA: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("build-arrow")
+def build_arrow_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    out: Path = typer.Option(..., "--out", help="Output recipe folder (loramix_baseline.json)."),
+    top_k: int = typer.Option(3, "--top-k", help="Experts combined per token (capped at the number of experts)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Arrow router softmax temperature."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+) -> None:
+    """PEFT Arrow (training-free routing) over the experts."""
+    from loramix.train.baselines import build_arrow
+
+    path = build_arrow(base, _bl_split(experts), out, top_k=top_k, router_temperature=temperature, seed=seed)
+    console.print(f"Arrow: {path}", highlight=False, soft_wrap=True)
+
+
+# --- evaluate & analyze (issue 5) -------------------------------------------------------------
+
+
+def _task_list(values: Optional[list[str]]) -> list[str]:
+    return [t for v in values or () for t in v.split(",") if t.strip()]
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument(..., help="'default', an HF model folder, a PEFT adapter folder or a mixture folder."),
+    tasks: list[str] = typer.Option(..., "--tasks", "--task", help="Task names (repeatable or comma-separated); a+b is a mixed prompt."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter or mixture, or 'default' (default: the one it recorded)."),
+    mixed: bool = typer.Option(False, "--mixed", help="Evaluate every pair of the tasks as mixed-domain prompts."),
+    n: int = typer.Option(200, "--n", help="Examples per task."),
+    split: str = typer.Option("test", "--split", help="train, validation or test."),
+    difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
+    do_sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (with --sample)."),
+    routing: str = typer.Option("model", "--routing", help="Mixtures: model (token level), oracle or prompt."),
+    expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (or TASK=EXPERT_NAME), repeatable."),
+    seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report JSON here (atomic)."),
+) -> None:
+    """Accuracy, format rate and completion length per task, by batched generation."""
+    from loramix.evaluate import evaluate_path, report_table
+
+    report = evaluate_path(model, _task_list(tasks), base=base, expert_for=expert_for, out=out, mixed=mixed, n=n,
+                           split=split, difficulty=difficulty, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           do_sample=do_sample, temperature=temperature, top_p=top_p, routing=routing, seed=seed)
+    console.print(report_table(report, title=f"{model} ({report.config['kind']})"))
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
+@app.command("analyze")
+def analyze_cmd(
+    mixture: Path = typer.Argument(..., help="A loramix mixture folder."),
+    tasks: list[str] = typer.Option(..., "--tasks", "--task", help="Task names (repeatable or comma-separated); a+b is a mixed prompt."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model folder or 'default' (default: the one the mixture recorded)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: analysis.json, usage_heatmap.png, ess_steps.png, tokens.html."),
+    expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (default: experts named like tasks)."),
+    train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json (HF log_history) for ESS over steps."),
+    n: int = typer.Option(20, "--n", help="Examples per task."),
+    mixed: bool = typer.Option(False, "--mixed", help="Analyse every pair of the tasks as mixed-domain prompts."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Site index the HTML colours by (default: majority over sites)."),
+    split: str = typer.Option("test", "--split", help="train, validation or test."),
+    difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generate call."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
+    routing: str = typer.Option("model", "--routing", help="model, oracle or prompt."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+) -> None:
+    """Routing analysis of a mixture: expert shares, routing accuracy, max mass, ESS, token colours."""
+    from loramix.analysis import analyze_path, summary_table
+
+    result = analyze_path(mixture, _task_list(tasks), base=base, expert_for=expert_for, out=out, train_log=train_log,
+                          n=n, mixed=mixed, layer=layer, split=split, difficulty=difficulty, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, routing=routing, seed=seed)
+    console.print(summary_table(result))
+    console.print(f"wrote {out}: {', '.join(result['files'])}", highlight=False, soft_wrap=True)
+
+
+
+# --- bench (issue 6) --------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write rows, targets and meta as JSON here."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Plot of time against E (default: next to --json, else runs/bench.png)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced size, E in {2, 8, 32}: a few minutes on 2 CPU cores."),
+    tiny: bool = typer.Option(False, "--tiny", help="Smoke-test size (seconds); not a measurement."),
+    experts: Optional[str] = typer.Option(None, help="Comma-separated expert counts, e.g. 2,8,32 (default: the size's)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of base,peft_lora,hard,soft,remix,xlora,arrow."),
+    repeats: Optional[int] = typer.Option(None, help="Timed rounds per method (median reported)."),
+) -> None:
+    """Time routed LoRA experts against the base model, PEFT LoRA, X-LoRA and Arrow (issue 6)."""
+    from loramix.bench import markdown_tables, parse_list, pick_size, run_bench
+
+    png = png or (json_out.with_suffix(".png") if json_out else Path("runs/bench.png"))
+    result = run_bench(pick_size(quick, tiny), device=device, experts=parse_list(experts, int, "--experts"),
+                       methods=parse_list(methods, str, "--methods"),
+                       repeats=repeats, json_path=json_out, png_path=png,
+                       log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
+    console.print(markdown_tables(result), markup=False, highlight=False, soft_wrap=True)
+    where = f"{json_out} and {png}" if json_out else str(png)
+    console.print(f"wrote {where} ({result.meta['total_seconds']:.0f}s)", highlight=False, soft_wrap=True)
+
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
+    except LoramixError as err:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as err:  # pragma: no cover - passthrough
+        code = getattr(err, "exit_code", getattr(err, "code", 0))
+        sys.exit(code)
+    except Exception as err:  # click usage errors and the like
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

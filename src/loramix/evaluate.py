@@ -1,0 +1,642 @@
+"""Evaluation: batched generation on held-out task prompts, verified by each task's own checker.
+
+``evaluate_model`` scores any causal LM (the base, a PEFT model, a merged model, a loramix mixture)
+on a list of tasks and reports, per task, the accuracy, the *format rate* (a ``<think>...</think>``
+block followed by a JSON answer) and the mean completion length in tokens. ``load_for_eval`` opens
+whatever folder the user names. ``loramix evaluate`` is a thin wrapper around both.
+
+Mixed-domain prompts (the paper's GSM8K+BoolQ evaluation, here two synthetic tasks in one prompt)::
+
+    prompt     = prompt_a + prompt_b                 (each task's prompt ends with a newline)
+    completion = <think>{reasoning_a}|{reasoning_b}</think>
+                 {"answer1": "<answer a>", "answer2": "<answer b>"}
+
+A mixed prompt is correct only if *both* answers pass their own task's checker; each half's accuracy is
+reported too. A mixed task is named ``"a+b"``.
+
+Routing modes for a mixture (``routing=``): ``model`` (its own router, token level), ``oracle``
+(every token of a prompt to that prompt's task expert, via ``MixtureModel.route_sequences``; for a
+mixed prompt the expert of its *first* task, since one expert serves the whole sequence) and
+``prompt`` (prompt-level routing by the router itself: one forward over the prompt, the router
+probabilities averaged over its tokens and sites, and the argmax expert used for the whole sequence).
+
+With ``collect_routing=True`` a mixture's routing decisions are kept per generated sequence (only
+real tokens: left padding, the EOS and anything after it are dropped), for ``loramix.analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from loramix.errors import LoramixError, unknown_name
+from loramix.generation import Completion, generate
+from loramix.tasks.format import THINK_CLOSE, THINK_OPEN, has_json_answer, has_think, json_objects
+
+MIXED_SEP = "+"  # "add+sort" names a mixed task
+MIXED_THINK_SEP = "|"
+MIXED_KEYS = ("answer1", "answer2")
+ROUTING_MODES = ("model", "oracle", "prompt")
+METRICS = ("accuracy", "format_rate", "mean_length")
+
+
+# --- mixed-domain prompts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixedExample:
+    """Two tasks' examples in one prompt. ``answer`` is the JSON of both gold answers, so
+    ``examples_to_dataset`` and the training code can treat it like an ordinary example."""
+
+    prompt: str
+    a: Any  # loramix.tasks.Example
+    b: Any
+    task: str  # "task_a+task_b"
+
+    @property
+    def answer(self) -> str:
+        return json.dumps({MIXED_KEYS[0]: self.a.answer, MIXED_KEYS[1]: self.b.answer})
+
+    @property
+    def reasoning(self) -> str:
+        return f"{self.a.reasoning or ''}{MIXED_THINK_SEP}{self.b.reasoning or ''}"
+
+    @property
+    def parts(self) -> tuple:
+        return (self.a, self.b)
+
+
+def _task(task):
+    from loramix.tasks import get_task
+
+    return get_task(task) if isinstance(task, str) else task
+
+
+def mixed_examples(task_a, task_b, split: str = "test", n: int = 100, seed: int = 0,
+                   difficulty: str | int = "hard") -> list[MixedExample]:
+    """``n`` mixed prompts pairing the i-th example of ``task_a`` with the i-th of ``task_b``
+    (``task_b`` drawn with ``seed + 1``, so ``a+a`` does not pair an example with itself)."""
+    ta, tb = _task(task_a), _task(task_b)
+    xs = ta.examples(split, n, seed=seed, difficulty=difficulty)
+    ys = tb.examples(split, n, seed=seed + 1, difficulty=difficulty)
+    name = f"{ta.name}{MIXED_SEP}{tb.name}"
+    return [MixedExample(x.prompt + y.prompt, x, y, name) for x, y in zip(xs, ys)]
+
+
+def mixed_reference_completion(ex: MixedExample) -> str:
+    """``<think>{r_a}|{r_b}</think>\\n{"answer1": a, "answer2": b}``."""
+    return f"{THINK_OPEN}{ex.reasoning}{THINK_CLOSE}\n{ex.answer}"
+
+
+def mixed_answers(completion: str) -> tuple[str | None, str | None]:
+    """The ``answer1`` and ``answer2`` values: each from the last JSON object holding that key
+    after the last ``</think>``, else anywhere in the completion. None where absent or null."""
+    tail = completion.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in completion else None
+    out: list[str | None] = []
+    for key in MIXED_KEYS:
+        value = None
+        for text in (tail, completion):
+            if text is None:
+                continue
+            objs = [o for o in json_objects(text) if key in o]
+            if objs:
+                value = objs[-1][key]
+                break
+        out.append(None if value is None else value.strip() if isinstance(value, str) else json.dumps(value))
+    return out[0], out[1]
+
+
+class MixedTask:
+    """Two tasks answered in one completion; each half is checked by its own task."""
+
+    def __init__(self, task_a, task_b):
+        self.task_a, self.task_b = _task(task_a), _task(task_b)
+        self.name = f"{self.task_a.name}{MIXED_SEP}{self.task_b.name}"
+        self.parts = (self.task_a, self.task_b)
+
+    def examples(self, split: str = "test", n: int | None = 100, *, seed: int = 0,
+                 difficulty: str | int = "hard") -> list[MixedExample]:
+        return mixed_examples(self.task_a, self.task_b, split, n, seed, difficulty)
+
+    def reference_completion(self, ex: MixedExample) -> str:
+        return mixed_reference_completion(ex)
+
+    def part_correct(self, completion: str, ex: MixedExample) -> tuple[bool, bool]:
+        from loramix.tasks.format import format_completion
+
+        answers = mixed_answers(completion)
+        return tuple(  # type: ignore[return-value]
+            ans is not None and task.is_correct(format_completion(None, ans), part)
+            for task, part, ans in zip(self.parts, ex.parts, answers))
+
+    def is_correct(self, completion: str, ex: MixedExample) -> bool:
+        return all(self.part_correct(completion, ex))
+
+    def is_formatted(self, completion: str) -> bool:
+        return has_think(completion) and all(a is not None for a in mixed_answers(completion))
+
+
+def resolve_task(name: str):
+    """A task by name; ``"a+b"`` gives the ``MixedTask`` of a and b."""
+    if MIXED_SEP in name:
+        parts = name.split(MIXED_SEP)
+        if len(parts) != 2 or not all(parts):
+            raise LoramixError(f"mixed task {name!r}: expected two task names joined by '{MIXED_SEP}'")
+        return MixedTask(*parts)
+    return _task(name)
+
+
+def parse_tasks(values: Sequence[str] | None, mixed: bool = False) -> list[str]:
+    """Task names from repeated and/or comma-separated values. With ``mixed``, plain names are
+    replaced by every pair ``a+b`` (a before b in the given order); names already ``a+b`` stay."""
+    names = [t.strip() for v in values or () for t in v.split(",") if t.strip()]
+    if not names:
+        raise LoramixError("no tasks given (--tasks add,sort,...)")
+    if not mixed:
+        return list(dict.fromkeys(names))
+    plain = [t for t in dict.fromkeys(names) if MIXED_SEP not in t]
+    pairs = [f"{a}{MIXED_SEP}{b}" for i, a in enumerate(plain) for b in plain[i + 1:]]
+    given = [t for t in names if MIXED_SEP in t]
+    if not pairs and not given:
+        raise LoramixError("--mixed needs at least two tasks (or a pair written a+b)")
+    return list(dict.fromkeys(given + pairs))
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def is_formatted(task, completion: str) -> bool:
+    """A ``<think>...</think>`` block and a JSON answer (both answer fields for a mixed task)."""
+    if isinstance(task, MixedTask):
+        return task.is_formatted(completion)
+    return has_think(completion) and has_json_answer(completion)
+
+
+def score_completions(task, examples: Sequence, completions: Sequence[Completion | str | list],
+                      lengths: Sequence[int] | None = None) -> dict:
+    """Accuracy, format rate and mean length of one completion per example (a list of completions
+    per example counts every one). ``task`` is a Task, a MixedTask or a name. ``mean_length`` is in
+    tokens: from ``Completion.tokens`` or ``lengths``; None for plain strings without ``lengths``."""
+    task = resolve_task(task) if isinstance(task, str) else task
+    if len(examples) != len(completions):
+        raise LoramixError(f"{len(examples)} examples but {len(completions)} completions")
+    flat: list[tuple[Any, Completion | str]] = []
+    for ex, c in zip(examples, completions):
+        for one in (c if isinstance(c, list) else [c]):
+            flat.append((ex, one))
+    texts = [c.text if isinstance(c, Completion) else c for _, c in flat]
+    correct = [bool(task.is_correct(t, ex)) for (ex, _), t in zip(flat, texts)]
+    formatted = [is_formatted(task, t) for t in texts]
+    if lengths is not None:
+        lens: list[int] | None = list(lengths)
+    elif all(isinstance(c, Completion) for _, c in flat):
+        lens = [c.tokens for _, c in flat]
+    else:
+        lens = None
+    total = len(flat)
+    out = {
+        "accuracy": sum(correct) / total if total else 0.0,
+        "format_rate": sum(formatted) / total if total else 0.0,
+        "mean_length": (sum(lens) / len(lens) if lens else 0.0) if lens is not None else None,
+        "n": total,
+    }
+    finished = [c.finished for _, c in flat if isinstance(c, Completion)]
+    if finished:
+        out["finished_rate"] = sum(finished) / len(finished)
+    if isinstance(task, MixedTask):
+        parts = [task.part_correct(t, ex) for (ex, _), t in zip(flat, texts)]
+        out["part_accuracy"] = {name: (sum(p[i] for p in parts) / total if total else 0.0)
+                                for i, name in enumerate(_part_keys(task))}
+    return out
+
+
+def _part_keys(task: MixedTask) -> tuple[str, str]:
+    a, b = task.task_a.name, task.task_b.name
+    return (a, b) if a != b else (f"{a}#1", f"{b}#2")
+
+
+# --- routing records ------------------------------------------------------------------------------
+
+
+@dataclass
+class RoutingRecord:
+    """The routing of one generated sequence: its real tokens (prompt then completion, no padding)
+    and, per site, the decision for each. Tensors are ``[sites, tokens, k]`` / ``[sites, tokens, E]``.
+    ``token_task`` names each token's own domain (for a mixed prompt: the task of each prompt
+    part, and None for the completion)."""
+
+    task: str
+    example: int
+    sample: int
+    token_ids: list[int]
+    n_prompt: int
+    sites: list[str]
+    expert_ids: torch.Tensor
+    weights: torch.Tensor
+    probs: torch.Tensor
+    token_task: list[str | None] = field(default_factory=list)
+
+
+def _is_mixture(model) -> bool:
+    from loramix.mixture import MixtureModel
+
+    return isinstance(model, MixtureModel)
+
+
+class _BatchHook:
+    """``before_batch`` for ``generation.generate``: applies oracle / prompt-level routing and,
+    if asked, captures each batch's inputs, outputs and routing trace."""
+
+    def __init__(self, model, tokenizer, prompts, routing: str, seq_experts, collect: bool):
+        self.model, self.tok, self.prompts = model, tokenizer, prompts
+        self.routing, self.seq_experts, self.collect = routing, seq_experts, collect
+        self.batches: list[dict] = []
+
+    def __call__(self, idx: list[int]):
+        import contextlib
+
+        hook = self
+
+        @contextlib.contextmanager
+        def ctx():
+            with contextlib.ExitStack() as stack:
+                if hook.routing == "oracle":
+                    stack.enter_context(hook.model.route_sequences([hook.seq_experts[i] for i in idx]))
+                elif hook.routing == "prompt":
+                    stack.enter_context(hook.model.route_sequences(hook._prompt_experts(idx)))
+                if hook.collect:
+                    stack.enter_context(hook._capture(idx))
+                yield
+
+        return ctx()
+
+    @torch.no_grad()
+    def _prompt_experts(self, idx: list[int]) -> list[int]:
+        classifier = getattr(self.model, "prompt_router", None)
+        if classifier is not None:  # a trained prompt-level classifier (loramix train-prompt-router)
+            from loramix.train.baselines import route_prompts
+
+            return route_prompts(self.model, self.tok, [self.prompts[i] for i in idx], classifier)
+        enc = self.tok([self.prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        self.model(**enc)
+        mask = enc["attention_mask"].float().unsqueeze(-1)
+        probs = sum((t.probs.to(device) * mask).sum(1) for t in self.model.routing_trace())
+        self.model.reset_routing_trace()
+        return probs.argmax(-1).tolist()
+
+    def _capture(self, idx: list[int]):
+        import contextlib
+
+        model, batches = self.model, self.batches
+
+        @contextlib.contextmanager
+        def ctx():
+            original = model.generate
+
+            def capturing(*args, **kwargs):
+                out = original(*args, **kwargs)
+                seqs = out if torch.is_tensor(out) else out.sequences
+                batches.append({"idx": list(idx), "input_ids": kwargs["input_ids"].cpu(),
+                                "attention_mask": kwargs["attention_mask"].cpu(), "sequences": seqs.cpu(),
+                                "num_return_sequences": kwargs.get("num_return_sequences", 1),
+                                "trace": [(t.site, t.expert_ids.cpu(), t.weights.cpu(), t.probs.cpu())
+                                          for t in model.routing_trace()]})
+                return out
+
+            model.generate = capturing  # an instance attribute shadows the method for this batch
+            try:
+                yield
+            finally:
+                del model.generate
+
+        return ctx()
+
+
+def _records_from_batches(batches: list[dict], task_name: str, tokenizer, eos: int | None, pad: int | None,
+                          token_task_of) -> list[RoutingRecord]:
+    records = []
+    for b in batches:
+        s_prompt = b["input_ids"].shape[1]
+        seqs, nrs, trace = b["sequences"], b["num_return_sequences"], b["trace"]
+        if not trace:
+            continue
+        steps = seqs.shape[1] - s_prompt
+        length = trace[0][1].shape[1]
+        if length != s_prompt + steps - 1:
+            raise LoramixError(f"routing trace covers {length} positions, expected {s_prompt + steps - 1} "
+                               "(generation without a KV cache is not supported for routing analysis)")
+        sites = [t[0] for t in trace]
+        ids_all, w_all, p_all = (torch.stack([t[i] for t in trace]) for i in (1, 2, 3))  # [L, B, T, .]
+        for row in range(seqs.shape[0]):
+            prompt_mask = b["attention_mask"][row // nrs].bool()
+            gen = seqs[row, s_prompt:].tolist()
+            n_gen = len(gen)
+            if eos is not None and eos in gen:
+                n_gen = gen.index(eos)
+            n_gen = min(n_gen, steps - 1)  # the last generated token is never fed back
+            while n_gen and pad is not None and gen[n_gen - 1] == pad and pad != eos:
+                n_gen -= 1
+            keep = torch.cat([prompt_mask, torch.ones(n_gen, dtype=torch.bool), torch.zeros(length - s_prompt - n_gen,
+                                                                                           dtype=torch.bool)])
+            positions = keep.nonzero().squeeze(-1)
+            token_ids = seqs[row, :length][keep].tolist()
+            n_prompt = int(prompt_mask.sum())
+            example = b["idx"][row // nrs]
+            records.append(RoutingRecord(
+                task=task_name, example=example, sample=row % nrs, token_ids=token_ids, n_prompt=n_prompt,
+                sites=sites, expert_ids=ids_all[:, row, positions], weights=w_all[:, row, positions],
+                probs=p_all[:, row, positions], token_task=token_task_of(example, n_prompt, len(token_ids))))
+    records.sort(key=lambda r: (r.example, r.sample))
+    return records
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalReport:
+    """``per_task[task] = {accuracy, format_rate, mean_length, n, finished_rate[, part_accuracy]}``;
+    ``average`` is the unweighted mean of accuracy, format_rate and mean_length over tasks."""
+
+    per_task: dict[str, dict]
+    average: dict[str, float]
+    config: dict = field(default_factory=dict)
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+    routing: dict[str, list[RoutingRecord]] | None = None
+
+    def to_dict(self) -> dict:
+        return {"per_task": self.per_task, "average": self.average, "config": self.config,
+                "samples": self.samples}
+
+
+def _average(per_task: dict[str, dict]) -> dict[str, float]:
+    out = {}
+    for key in METRICS:
+        vals = [m[key] for m in per_task.values() if m.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    *,
+    split: str = "test",
+    n: int = 200,
+    difficulty: str | int = "hard",
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    routing: str | None = None,
+    expert_for_task: dict[str, int] | None = None,
+    seed: int = 0,
+    mixed: bool = False,
+    collect_routing: bool = False,
+    keep_samples: int = 3,
+) -> EvalReport:
+    """Generate for ``n`` examples of each task (greedy unless ``do_sample``) and verify them.
+
+    tasks: task names; ``"a+b"`` is a mixed prompt; ``mixed=True`` turns plain names into all pairs.
+    max_new_tokens: None gives 1.25 x the longest reference completion (in tokens) + 8.
+    routing: for a MixtureModel, ``model`` (default), ``oracle`` (needs ``expert_for_task`` or expert
+    names equal to task names) or ``prompt``. Must be None/``model`` for other models.
+    collect_routing: keep per-sequence routing records (``report.routing[task]``; mixtures only).
+    """
+    task_names = parse_tasks(tasks, mixed)
+    resolved = [(name, resolve_task(name)) for name in task_names]  # unknown names fail first
+    is_mix = _is_mixture(model)
+    if routing in (None, "model") and getattr(model, "prompt_router", None) is not None:
+        routing = "prompt"  # a prompt-router mixture routes by its classifier
+    routing = routing or "model"
+    if routing not in ROUTING_MODES:
+        raise unknown_name("routing mode", routing, ROUTING_MODES)
+    if routing != "model" and not is_mix:
+        raise LoramixError(f"routing={routing!r} needs a loramix mixture; this model has no router")
+    if collect_routing and not is_mix:
+        raise LoramixError("collect_routing needs a loramix mixture")
+    if routing == "oracle":
+        needed = sorted({p for t in task_names for p in t.split(MIXED_SEP)[:1]})
+        expert_for_task = resolve_expert_map(model.expert_names, needed, expert_for_task, required=True)
+    if n < 1:
+        raise LoramixError(f"n must be at least 1, got {n}")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    per_task: dict[str, dict] = {}
+    samples: dict[str, list[dict]] = {}
+    records: dict[str, list[RoutingRecord]] = {}
+    examples = {name: task.examples(split, n, seed=seed, difficulty=difficulty) for name, task in resolved}
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(task.reference_completion(e), add_special_tokens=False)["input_ids"])
+                      for name, task in resolved for e in examples[name])
+        max_new_tokens = int(math.ceil(1.25 * longest)) + 8
+    for name, task in resolved:
+        exs = examples[name]
+        if not exs:
+            raise LoramixError(f"task {name!r} has no {split} examples")
+        prompts = [e.prompt for e in exs]
+        first = name.split(MIXED_SEP)[0]
+        seq_experts = [expert_for_task[first]] * len(exs) if routing == "oracle" else None
+        hook = _BatchHook(model, tokenizer, prompts, routing, seq_experts, collect_routing) if is_mix else None
+        if is_mix:
+            model.reset_routing_trace()
+            model.record_routing = True  # training may have switched it off; the trace is reset per call
+        completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               do_sample=do_sample, temperature=temperature, top_p=top_p,
+                               num_return_sequences=num_return_sequences, seed=seed if do_sample else None,
+                               before_batch=hook if hook and (routing != "model" or collect_routing) else None)
+        per_task[name] = score_completions(task, exs, completions)
+        samples[name] = [{"prompt": e.prompt, "completion": c[0].text, "correct": bool(task.is_correct(c[0].text, e)),
+                          "answer": e.answer} for e, c in list(zip(exs, completions))[:keep_samples]]
+        if collect_routing:
+            records[name] = _records_from_batches(hook.batches, name, tokenizer, eos, pad,
+                                                  _token_task_fn(task, exs, tokenizer))
+    config = {"split": split, "n": n, "difficulty": difficulty, "batch_size": batch_size,
+              "max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+              "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed,
+              "routing": routing if is_mix else None, "expert_for_task": expert_for_task if routing == "oracle" else None,
+              "tasks": task_names}
+    return EvalReport(per_task, _average(per_task), config, samples, records if collect_routing else None)
+
+
+def _token_task_fn(task, examples, tokenizer):
+    if not isinstance(task, MixedTask):
+        return lambda example, n_prompt, n_tokens: [task.name] * n_tokens
+
+    a, b = task.task_a.name, task.task_b.name
+
+    def fn(example: int, n_prompt: int, n_tokens: int) -> list[str | None]:
+        n_a = len(tokenizer(examples[example].a.prompt, add_special_tokens=False)["input_ids"])
+        n_a = min(n_a, n_prompt)
+        return [a] * n_a + [b] * (n_prompt - n_a) + [None] * (n_tokens - n_prompt)
+
+    return fn
+
+
+# --- expert maps ----------------------------------------------------------------------------------
+
+
+def parse_expert_pairs(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``["add=0", "sort=expert_sort"]`` -> ``{"add": "0", "sort": "expert_sort"}``."""
+    out: dict[str, str] = {}
+    for item in pairs or ():
+        for p in item.split(","):
+            if not p.strip():
+                continue
+            task, sep, value = p.partition("=")
+            if not sep or not task.strip() or not value.strip():
+                raise LoramixError(f"--expert-for {p!r}: expected TASK=INDEX (or TASK=EXPERT_NAME)")
+            out[task.strip()] = value.strip()
+    return out
+
+
+def resolve_expert_map(expert_names: Sequence[str], tasks: Sequence[str], given: dict | None = None,
+                       required: bool = False) -> dict[str, int] | None:
+    """Task -> expert index. ``given`` values may be indices or expert names; tasks not given map to
+    the expert of the same name. Returns None when a task stays unmapped, unless ``required``."""
+    names = list(expert_names)
+    out: dict[str, int] = {}
+    for task, value in (given or {}).items():
+        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+            i = int(value)
+            if not 0 <= i < len(names):
+                raise LoramixError(f"expert for task {task!r}: index {i} outside 0..{len(names) - 1}")
+        elif value in names:
+            i = names.index(value)
+        else:
+            raise unknown_name("expert", str(value), names)
+        out[task] = i
+    plain = [t for t in dict.fromkeys(p for t in tasks for p in t.split(MIXED_SEP))]
+    for task in plain:
+        if task not in out and task in names:
+            out[task] = names.index(task)
+    missing = [t for t in plain if t not in out]
+    if missing:
+        if required:
+            raise LoramixError(f"no expert for task(s) {', '.join(missing)}: experts are {names}; "
+                               "pass --expert-for TASK=INDEX")
+        return None
+    return out
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _base_from_config(path: Path, base: str | None, recorded: str | None, what: str) -> str:
+    if base:
+        return base
+    if recorded and Path(recorded).is_dir():
+        return recorded
+    raise LoramixError(f"{path}: a {what} needs --base (the base model folder, or 'default')")
+
+
+def load_for_eval(path: str | Path, base: str | None = None):
+    """``(model, tokenizer, kind)`` for ``default`` (the embedded base), an HF model folder (``kind``
+    ``base`` for a loramix base build, else ``hf``: a merged or any other model), a PEFT adapter
+    folder (``peft``, loaded onto ``base``) or a loramix mixture folder (``mixture``, onto ``base``).
+    Without ``base``, a PEFT adapter or mixture uses the base path it recorded, if it exists."""
+    from loramix.base_model import META_FILE
+    from loramix.mixture import MIXTURE_CONFIG, load_mixture
+    from loramix.loading import load_base_model
+
+    if str(path) == "default":
+        model, tok = load_base_model("default")
+        return model, tok, "base"
+    path = Path(path)
+    if not path.exists():
+        raise LoramixError(f"{path}: not found")
+    if (path / MIXTURE_CONFIG).is_file():
+        try:
+            recorded = json.loads((path / MIXTURE_CONFIG).read_text()).get("base_model", {}).get("name_or_path")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        model, tok = load_base_model(_base_from_config(path, base, recorded, "mixture"))
+        mixture = load_mixture(path, model).eval()
+        from loramix.train.baselines import has_prompt_router, load_prompt_router
+
+        if has_prompt_router(path):
+            mixture.prompt_router = load_prompt_router(path)
+        return mixture, tok, "mixture"
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        try:
+            recorded = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except json.JSONDecodeError as err:
+            raise LoramixError(f"{path / 'adapter_config.json'}: not valid JSON ({err})") from None
+        model, tok = load_base_model(_base_from_config(path, base, recorded, "PEFT adapter"))
+        return PeftModel.from_pretrained(model, str(path)).eval(), tok, "peft"
+    if (path / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception:  # noqa: BLE001 - a merged folder may lack tokenizer files
+            if not base:
+                raise LoramixError(f"{path}: no tokenizer files; pass --base to take the base model's") from None
+            tok = load_base_model(base)[1]
+        tok.padding_side = "left"
+        return model, tok, "base" if (path / META_FILE).is_file() else "hf"
+    from loramix.train.baselines import BASELINE_FILE, baseline_kind, load_baseline
+
+    if (path / BASELINE_FILE).is_file():  # PEFT X-LoRA / Arrow over the experts
+        model, tok = load_baseline(path, base)
+        return model, tok, baseline_kind(path)
+    raise LoramixError(f"{path}: not a model: no config.json, adapter_config.json, mixture_config.json "
+                       f"or {BASELINE_FILE}")
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def report_table(report: EvalReport, title: str | None = None):
+    """A rich table: one row per task, then the average."""
+    from rich.table import Table
+
+    table = Table("task", "accuracy", "format", "mean length", "n", title=title)
+    for name, m in report.per_task.items():
+        extra = ""
+        if "part_accuracy" in m:
+            extra = " (" + ", ".join(f"{k} {v:.3f}" for k, v in m["part_accuracy"].items()) + ")"
+        ml = "-" if m["mean_length"] is None else f"{m['mean_length']:.1f}"
+        table.add_row(name, f"{m['accuracy']:.3f}{extra}", f"{m['format_rate']:.3f}", ml, str(m["n"]))
+    a = report.average
+    table.add_row("average", f"{a['accuracy']:.3f}", f"{a['format_rate']:.3f}", f"{a['mean_length']:.1f}", "",
+                  style="bold")
+    return table
+
+
+def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | None = None,
+                  expert_for: Sequence[str] | None = None, out: str | Path | None = None, **kwargs) -> EvalReport:
+    """``load_for_eval`` then ``evaluate_model``; writes the report JSON to ``out`` (atomic)."""
+    from loramix.io import write_json
+
+    model, tok, kind = load_for_eval(model_path, base)
+    given = parse_expert_pairs(expert_for)
+    if given and kind != "mixture":
+        raise LoramixError("--expert-for applies to mixtures only")
+    if kind == "mixture":
+        names = parse_tasks(tasks, kwargs.get("mixed", False))
+        emap = resolve_expert_map(model.expert_names, names, given, required=kwargs.get("routing") == "oracle")
+        kwargs["expert_for_task"] = emap
+    report = evaluate_model(model, tok, tasks, **kwargs)
+    report.config.update(model=str(model_path), kind=kind, base=base)
+    if out is not None:
+        write_json(out, report.to_dict())
+    return report
+
+
+__all__ = ["EvalReport", "MixedExample", "MixedTask", "RoutingRecord", "evaluate_model", "evaluate_path",
+           "is_formatted", "load_for_eval", "mixed_answers", "mixed_examples", "mixed_reference_completion",
+           "parse_expert_pairs", "parse_tasks", "report_table", "resolve_expert_map", "resolve_task",
+           "score_completions"]

@@ -1,0 +1,59 @@
+"""Loading a base model by name: an HF model folder, or ``default`` for the embedded tiny base.
+Every command that takes ``--base`` goes through here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from loramix.errors import LoramixError
+from loramix.io import sha256_file
+
+WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin", "pytorch_model-*-of-*.bin")
+
+def resolve_base(base: str | Path) -> Path:
+    """`default` -> the embedded default base (built on first use); anything else must be a folder
+    holding an HF causal LM (config.json) and its tokenizer."""
+    if str(base) == "default":
+        from loramix.base_model import ensure_base
+
+        return ensure_base()
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        raise LoramixError(f"{path}: --base: not a folder (give a model folder or 'default')")
+    if not (path / "config.json").is_file():
+        raise LoramixError(f"{path}: --base: no config.json; not a Hugging Face model folder")
+    if not any(path.glob(p) for p in WEIGHT_PATTERNS):
+        raise LoramixError(f"{path}: --base: no model weights (model.safetensors or pytorch_model.bin)")
+    return path
+
+
+def base_fingerprint(path: str | Path) -> dict[str, str]:
+    """sha256 of each weights file of a model folder (one entry for an unsharded model)."""
+    path = Path(path)
+    files = sorted({f for p in WEIGHT_PATTERNS for f in path.glob(p)})
+    return {f.name: sha256_file(f) for f in files}
+
+
+def load_model_and_tokenizer(path: str | Path):
+    """`(model, tokenizer)` in float32, eval mode; the tokenizer pads on the left and has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise LoramixError(f"{path}: --base: cannot load model/tokenizer ({str(err).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+
+def load_base_model(base: str | Path):
+    """``(model, tokenizer)`` for ``--base`` (a folder, or ``default``)."""
+    return load_model_and_tokenizer(resolve_base(base))

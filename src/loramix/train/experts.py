@@ -1,0 +1,449 @@
+"""Stage 1: train one LoRA expert on one task, by RLVR (TRL `GRPOTrainer`, rewarded by the task's
+verifiable reward) or by SFT on the task's reference traces (TRL `SFTTrainer`, loss on completion
+tokens only), or SFT warm-up followed by GRPO.
+
+    from loramix.train import ExpertTrainConfig, train_expert
+    path = train_expert(ExpertTrainConfig(task="mod", base="default", out="experts/mod"))
+
+The output is an ordinary PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`) on
+the MLP projections, plus `metrics.json` (reward curve, greedy accuracy before/after on validation
+prompts, timings, config, seed, versions, base-weights sha256).
+
+Robustness: work happens in `<out>.partial/`; the HF Trainer checkpoints every `save_steps` and a rerun
+resumes from the last checkpoint (optimizer, scheduler, RNG and data order included). The final folder
+is renamed into place only when complete; rerunning on a complete folder with the same config is a
+no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from loramix.errors import LoramixError
+from loramix.io import atomic_path, write_json
+
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+METHODS = ("grpo", "sft")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+# Fields that change how a run is executed or shown, not what it produces.
+RUN_FIELDS = frozenset({"out", "progress", "threads", "force", "save_steps", "eval_batch_size"})
+
+
+@dataclass
+class ExpertTrainConfig:
+    """Everything `train_expert` needs. Defaults are the pipeline default size on the tiny base
+    (a few minutes on 2 CPU cores)."""
+
+    task: str
+    out: str | Path = "experts/expert"
+    base: str | Path = "default"  # a model folder, or "default" for the embedded base
+    method: str = "grpo"  # grpo | sft
+    sft_warmup_steps: int = 0  # with method=grpo: this many SFT steps first ("sft+grpo")
+    steps: int = 60  # optimizer steps (of the GRPO phase for sft+grpo)
+    batch_size: int = 64  # GRPO: completions per step (divisible by num_generations); SFT: examples per step
+    num_generations: int = 8  # GRPO group size
+    temperature: float = 1.0
+    max_completion_length: int | None = None  # None: longest reference completion + 25%
+    learning_rate: float = 5e-4
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = MLP_MODULES
+    beta: float = 0.0  # KL coefficient; 0 skips the reference model entirely
+    difficulty: str = "medium"
+    n_train: int = 1000  # train prompts
+    n_eval: int = 100  # held-out (validation split) prompts for the before/after accuracy
+    seed: int = 0
+    logging_steps: int = 1
+    save_steps: int = 10
+    eval_batch_size: int = 100
+    threads: int | None = None
+    progress: bool = True
+    force: bool = False  # retrain even if a complete output (or a partial with another config) exists
+
+    @property
+    def run_method(self) -> str:
+        return "sft+grpo" if self.method == "grpo" and self.sft_warmup_steps > 0 else self.method
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the result (compared on resume / rerun)."""
+        d = {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS}
+        d["base"] = str(d["base"])
+        d["target_modules"] = list(d["target_modules"])
+        return d
+
+    def validate(self) -> None:
+        def bad(name: str, problem: str) -> LoramixError:
+            return LoramixError(f"train-expert: {name}: {problem}")
+
+        if self.method not in METHODS:
+            raise bad("method", f"unknown {self.method!r}; valid: {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "lora_r", "n_train", "n_eval", "logging_steps", "save_steps",
+                     "eval_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(name, f"must be a positive integer, got {v!r}")
+        for name in ("learning_rate", "lora_alpha", "temperature"):
+            if not getattr(self, name) > 0:
+                raise bad(name, f"must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
+        if self.beta < 0:
+            raise bad("beta", f"must be >= 0, got {self.beta!r}")
+        if self.sft_warmup_steps < 0:
+            raise bad("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps!r}")
+        if self.sft_warmup_steps and self.method != "grpo":
+            raise bad("sft_warmup_steps", "only applies to --method grpo (SFT warm-up, then GRPO)")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise bad("max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
+        if not self.target_modules:
+            raise bad("target_modules", "must name at least one module")
+        if self.method == "grpo":
+            if self.num_generations < 2:
+                raise bad("num_generations", f"must be >= 2 (GRPO compares completions of a prompt), got {self.num_generations}")
+            if self.batch_size % self.num_generations:
+                raise bad("batch_size", f"{self.batch_size} completions per step is not divisible by "
+                                        f"num_generations={self.num_generations}")
+            if self.n_train < self.batch_size // self.num_generations:
+                raise bad("n_train", f"{self.n_train} prompts is fewer than the "
+                                     f"{self.batch_size // self.num_generations} prompts of one step")
+
+
+# --- output folder state ----------------------------------------------------------------------------
+
+
+def is_complete(out: str | Path) -> bool:
+    out = Path(out)
+    return all((out / f).is_file() for f in (*ADAPTER_FILES, METRICS_FILE))
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _examples(task, split: str, n: int, cfg: ExpertTrainConfig):
+    try:
+        return task.examples(split, n, seed=cfg.seed, difficulty=cfg.difficulty)
+    except TypeError:  # tasks without difficulty levels
+        return task.examples(split, n, seed=cfg.seed)
+
+
+def auto_completion_length(task, tokenizer, examples, max_positions: int | None) -> int:
+    """Longest reference completion (in tokens) plus 25% (at least 16), within the context window."""
+    refs = [task.reference_completion(ex) for ex in examples]
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
+    budget = longest + max(16, longest // 4)
+    if max_positions:
+        longest_prompt = max(len(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]) for ex in examples)
+        budget = min(budget, max_positions - longest_prompt)
+    if budget < 1:
+        raise LoramixError(f"task {task.name!r}: prompts do not fit the base model's context ({max_positions})")
+    return budget
+
+
+def _grpo_dataset(task, examples):
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "prompt": [e.prompt for e in examples],
+        "answer": [e.answer for e in examples],
+        "task": [e.task or task.name for e in examples],
+    })
+
+
+def _sft_dataset(task, examples):
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "prompt": [e.prompt for e in examples],
+        "completion": [task.reference_completion(e) for e in examples],
+    })
+
+
+# --- one training phase -----------------------------------------------------------------------------
+
+
+def _lora_config(cfg: ExpertTrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def _common_args(cfg: ExpertTrainConfig, output_dir: Path, steps: int) -> dict[str, Any]:
+    import torch
+
+    return dict(
+        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1, learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
+        report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, work: Path, task, train_exs,
+               max_completion_length: int, init_adapter: Path | None, callbacks: Sequence[Any],
+               say: Callable[[str], None]) -> tuple[Path, dict]:
+    """Train one phase (`sft` or `grpo`) into `work/<kind>_adapter`, resuming from its checkpoints.
+    Returns the adapter folder and the phase record."""
+    from peft import PeftModel
+    from transformers import ProgressCallback, set_seed
+
+    from loramix.loading import load_model_and_tokenizer
+    from loramix.train.common import RichProgress, TimeLedger, checkpoint_seconds, last_checkpoint, reward_fn
+
+    done = work / f"{kind}_adapter"
+    record_file = done / "phase.json"
+    if all((done / f).is_file() for f in ADAPTER_FILES) and record_file.is_file():
+        return done, json.loads(record_file.read_text())
+
+    ckpt_dir = work / f"{kind}_checkpoints"
+    resume = last_checkpoint(ckpt_dir)
+    if resume is not None:
+        say(f"resuming {kind} from {resume.name}")
+    model, tok = load_model_and_tokenizer(base_path)
+    set_seed(cfg.seed)
+    peft_config = _lora_config(cfg)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        peft_config = None
+    model.train()
+    ledger = TimeLedger(checkpoint_seconds(resume))
+
+    if kind == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(**_common_args(cfg, ckpt_dir, steps), num_generations=cfg.num_generations,
+                          temperature=cfg.temperature, max_completion_length=max_completion_length,
+                          beta=cfg.beta, shuffle_dataset=True, log_completions=False)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
+                              train_dataset=_grpo_dataset(task, train_exs), processing_class=tok,
+                              peft_config=peft_config)
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        max_len = getattr(model.config, "max_position_embeddings", None) or 1024
+        args = SFTConfig(**_common_args(cfg, ckpt_dir, steps), max_length=max_len, completion_only_loss=True,
+                         packing=False, shuffle_dataset=True)
+        tok.padding_side = "right"
+        trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(task, train_exs),
+                             processing_class=tok, peft_config=peft_config)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RichProgress(f"{kind} {task.name}", enabled=cfg.progress))
+    trainer.add_callback(ledger)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    seconds = ledger.seconds
+
+    history = [dict(h) for h in trainer.state.log_history]
+    record = {"method": kind, "steps": steps, "train_seconds": round(seconds, 2),
+              "resumed_from": resume.name if resume is not None else None, "log_history": history}
+    with atomic_path(done) as tmp:
+        trainer.model.save_pretrained(str(tmp))
+        (tmp / "phase.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return done, record
+
+
+def _curve(history: list[dict], keys: dict[str, str]) -> list[dict]:
+    rows = []
+    for h in history:
+        if "step" not in h or not any(k in h for k in keys):
+            continue
+        if "train_runtime" in h:
+            continue
+        row = {"step": h["step"]}
+        for src, dst in keys.items():
+            if src in h:
+                row[dst] = round(float(h[src]), 5)
+        rows.append(row)
+    return rows
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), console=None) -> Path:
+    """Train one LoRA expert as `config` says and return its folder (`config.out`).
+
+    Idempotent and resumable: an existing complete output with the same config is returned untouched;
+    an interrupted run resumes from `<out>.partial/` (HF Trainer checkpoints). Extra HF
+    `TrainerCallback`s in `callbacks` are added to each trainer."""
+    from loramix.train.common import torch_threads
+
+    with torch_threads(config.threads):
+        return _train_expert(config, callbacks=callbacks, console=console)
+
+
+def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), console=None) -> Path:
+    import torch
+    from rich.console import Console
+
+    import loramix
+    from loramix.tasks import get_task
+    from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
+    from loramix.train.common import greedy_eval, quiet_hf
+
+    cfg = replace(config, out=Path(config.out), target_modules=tuple(config.target_modules))
+    cfg.validate()
+    console = console or Console(stderr=True)
+
+    def say(msg: str) -> None:
+        if cfg.progress:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    out: Path = cfg.out
+    work = partial_dir(out)
+    ident = cfg.identity()
+
+    if is_complete(out) and not cfg.force:
+        try:
+            recorded = json.loads((out / METRICS_FILE).read_text()).get("config", {})
+        except json.JSONDecodeError:
+            raise LoramixError(f"{out / METRICS_FILE}: not valid JSON; use --force to retrain") from None
+        recorded = {k: v for k, v in recorded.items() if k not in RUN_FIELDS}
+        diff = _config_diff(recorded, ident)
+        if diff:
+            raise LoramixError(f"{out}: already holds an expert trained with another config "
+                               f"(differs in: {', '.join(diff)}); use --force or another --out")
+        console.print(f"already trained: {out} (nothing to do)", highlight=False, soft_wrap=True)
+        return out
+    if out.exists() and not out.is_dir():
+        raise LoramixError(f"{out}: --out exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_complete(out) and not cfg.force:
+        raise LoramixError(f"{out}: --out is a non-empty folder that is not a trained expert; "
+                           f"use another --out or --force to replace it")
+
+    task = get_task(cfg.task)  # raises LoramixError naming the valid tasks
+    quiet_hf()
+
+    base_path = Path(resolve_base(cfg.base))
+    base_sha = base_fingerprint(base_path)
+
+    # the partial folder: reuse it only if it was started with the same config and base weights
+    saved = work / CONFIG_FILE
+    ident = {**ident, "base_weights_sha256": base_sha}
+    if saved.is_file():
+        prev = json.loads(saved.read_text())
+        diff = _config_diff(prev, ident)
+        if diff and not cfg.force:
+            raise LoramixError(f"{work}: an interrupted run with another config is there (differs in: "
+                               f"{', '.join(diff)}); use --force to discard it")
+        if diff:
+            shutil.rmtree(work)
+    elif cfg.force and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(saved, ident)
+
+    train_exs = _examples(task, "train", cfg.n_train, cfg)
+    eval_exs = _examples(task, "validation", cfg.n_eval, cfg)
+    if not train_exs or not eval_exs:
+        raise LoramixError(f"task {cfg.task!r}: no train or validation examples")
+
+    base_model, tok = load_model_and_tokenizer(base_path)
+    max_pos = getattr(base_model.config, "max_position_embeddings", None)
+    mcl = cfg.max_completion_length or auto_completion_length(task, tok, train_exs, max_pos)
+
+    # accuracy before (cached in the partial folder so a resume does not redo it)
+    before_file = work / "before.json"
+    if before_file.is_file():
+        before = json.loads(before_file.read_text())
+    else:
+        say(f"evaluating the base model on {len(eval_exs)} validation prompts of {task.name}")
+        t0 = time.perf_counter()
+        before = greedy_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
+        before["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(before_file, before)
+    del base_model
+
+    phases: list[tuple[str, int]] = []
+    if cfg.method == "sft":
+        phases.append(("sft", cfg.steps))
+    else:
+        if cfg.sft_warmup_steps:
+            phases.append(("sft", cfg.sft_warmup_steps))
+        phases.append(("grpo", cfg.steps))
+
+    adapter: Path | None = None
+    records = []
+    for kind, steps in phases:
+        adapter, rec = _run_phase(kind, steps, cfg, base_path, work, task, train_exs, mcl, adapter,
+                                  callbacks, say)
+        records.append(rec)
+
+    # accuracy after, with the saved adapter on a fresh copy of the base
+    from peft import PeftModel
+
+    model, tok = load_model_and_tokenizer(base_path)
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    say(f"evaluating the expert on {len(eval_exs)} validation prompts")
+    t0 = time.perf_counter()
+    after = greedy_eval(model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
+    after["seconds"] = round(time.perf_counter() - t0, 2)
+
+    import peft
+    import transformers
+    import trl
+
+    grpo_hist = next((r["log_history"] for r in records if r["method"] == "grpo"), [])
+    sft_hist = next((r["log_history"] for r in records if r["method"] == "sft"), [])
+    recorded_config = {**asdict(cfg), "out": str(cfg.out), "base": str(cfg.base),
+                       "target_modules": list(cfg.target_modules)}
+    metrics = {
+        "task": task.name,
+        "method": cfg.run_method,
+        "seed": cfg.seed,
+        "steps": sum(r["steps"] for r in records),
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
+        "reward_before": before["reward"],
+        "reward_after": after["reward"],
+        "eval": {"split": "validation", "n": len(eval_exs), "decoding": "greedy",
+                 "max_new_tokens": mcl, "difficulty": cfg.difficulty, "before": before, "after": after},
+        "reward_curve": _curve(grpo_hist, {"reward": "reward", "reward_std": "reward_std", "loss": "loss",
+                                           "completions/mean_length": "mean_length"}),
+        "loss_curve": _curve(sft_hist, {"loss": "loss", "mean_token_accuracy": "token_accuracy"}),
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
+        "phases": [{k: v for k, v in r.items() if k != "log_history"} for r in records],
+        "max_completion_length": mcl,
+        "config": recorded_config,
+        "base": {"path": str(base_path), "weights_sha256": base_sha},
+        "base_sha256": next(iter(base_sha.values())) if len(base_sha) == 1 else None,
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                 "target_modules": list(cfg.target_modules)},
+        "versions": {"loramix": loramix.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__},
+        "loramix_version": loramix.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for f in ADAPTER_FILES:
+            shutil.copy2(adapter / f, tmp / f)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"{task.name} expert ({cfg.run_method}): accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
+        f"reward {before['reward']:+.3f} -> {after['reward']:+.3f}, {metrics['train_seconds']:.0f} s; saved {out}")
+    return out
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(ExpertTrainConfig)]

@@ -1,0 +1,397 @@
+"""ReMix (arXiv 2603.10160): n fresh LoRA experts per layer trained jointly with per-layer routers
+that *sample* k experts without replacement, each at a constant weight omega, and an RLOO
+(REINFORCE leave-one-out) estimator for the routers. Also the MixLoRA-style baseline (learned top-k
+soft weights, ordinary backprop) with the same n, k and r (``router="topk"``).
+
+Design decisions (documented because the paper leaves room):
+
+* **Reward granularity: per sequence.** Each sequence b of a batch is repeated M times; sample m of
+  sequence b has its own routing J_{m,b} (every token, every layer) and its own SFT loss L_{m,b}
+  (mean cross-entropy over its completion tokens; prompt tokens are masked with -100). The RLOO
+  baseline of L_{m,b} is the mean of the other M-1 samples *of the same sequence*, so one sequence's
+  luck does not leak into another's advantage. The batch objective is the mean over sequences.
+* **log Q(J_{m,b})** = sum over all routed sites (layers) and over the sequence's tokens of
+  ``Routing.log_prob`` (log-probability of the ordered without-replacement draw). By default
+  (``logq_tokens="all"``) every attended token counts, prompt tokens included: a prompt token's expert
+  choice changes its hidden state, which later layers' attention reads at completion positions, so
+  dropping it from the score function would bias the estimator. ``logq_tokens="completion"`` keeps
+  only positions whose output is scored (the paper-literal variant; lower variance, slightly biased).
+* **Surrogate** (``rloo_surrogate``): ``mean L + mean_b [1/(M-1) sum_m stopgrad(L_m - Lbar) log Q_m]``,
+  with the second term's value subtracted out so the logged loss is the SFT loss. Its gradient w.r.t.
+  the routers is the RLOO estimator; w.r.t. the LoRAs it is the average over the M samples of grad L_m
+  (the ReMix weights are constants, so the router gets no gradient through the LoRA path).
+* **Router input is detached** (``detach_router_input=True``): the router's input x depends on the
+  earlier layers' LoRAs, so without the detach the log Q term would push a score-function gradient
+  into those LoRAs. ReMix gives the LoRAs *ordinary* gradients, so we cut that path: LoRAs get exactly
+  the average SFT gradient, routers exactly RLOO. (Set it False for the full score-function gradient
+  of E_J[L] w.r.t. every parameter: unbiased for the LoRAs too, but much noisier.)
+* **Sharing the base forward across the M samples.** With an HF decoder the LoRA delta of layer 1
+  changes the input of every later layer, and each sample routes differently, so after the first
+  routed layer nothing can be shared exactly; only the token embedding is (and the first layer's
+  attention, which we do not split out, to keep the HF model unmodified). We embed the batch once and
+  repeat the embeddings M times along the batch dimension, so the M samples cost one batched forward
+  and backward of M*B rows (M times the FLOPs of one sample, in one pass).
+* **ESS** = ||pi||_1^2 / ||pi||_2^2 per layer, pi = the router softmax averaged over the batch's
+  attended tokens, logged as ``ess/<site>`` and ``ess_mean`` into the Trainer logs (``train_log.json``).
+* Expert scale is 1.0 for ReMix (omega is the weight); for the top-k baseline it is
+  ``lora_alpha / rank`` (default alpha = 2 * rank), as in PEFT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loramix.errors import LoramixError
+from loramix.experts import Expert, LoraWeights
+from loramix.io import atomic_path
+from loramix.loading import load_model_and_tokenizer, resolve_base
+from loramix.train.data import completion_dataset, pad_collator, read_traces
+
+ROUTER_CHOICES = ("remix", "topk")
+METRICS_FILE = "metrics.json"
+TRAIN_LOG_FILE = "train_log.json"
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+
+
+def rloo_surrogate(losses: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """The RLOO surrogate loss for ``losses [M, B]`` (per-sample losses, differentiable w.r.t. the
+    LoRAs) and ``log_q [M, B]`` (log-probability of each sample's selection, differentiable w.r.t.
+    the routers): ``mean(L) + mean_b 1/(M-1) sum_m stopgrad(L_mb - mean_m L_mb) * log_q_mb``.
+
+    Its gradient is the average SFT gradient plus the RLOO estimate of grad E_J[L] through Q; its
+    value equals ``losses.mean()`` (the score term's value is subtracted out)."""
+    if losses.shape != log_q.shape or losses.dim() != 2:
+        raise LoramixError(f"losses {tuple(losses.shape)} and log_q {tuple(log_q.shape)} must both be [M, B]")
+    M = losses.shape[0]
+    if M < 2:
+        raise LoramixError("RLOO needs at least 2 samples per sequence (samples >= 2)")
+    adv = (losses - losses.mean(0, keepdim=True)).detach()
+    score = (adv * log_q).sum(0) / (M - 1)  # [B]
+    return losses.mean() + (score - score.detach()).mean()
+
+
+def effective_sample_size(pi: torch.Tensor) -> torch.Tensor:
+    """ESS = ||pi||_1^2 / ||pi||_2^2 over the last dim (1 = one expert takes all, E = uniform)."""
+    return pi.sum(-1).pow(2) / pi.pow(2).sum(-1).clamp_min(1e-30)
+
+
+def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token cross-entropy over labelled (!= -100) tokens: [N, T, V], [N, T]
+    -> [N]. A sequence without labelled tokens gets 0."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                          ignore_index=-100, reduction="none").view(shift_labels.shape)
+    mask = (shift_labels != -100).to(tok.dtype)
+    return (tok * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def fresh_experts(model: nn.Module, n: int, rank: int, targets=("gate_proj", "up_proj", "down_proj"),
+                  seed: int = 0, scale: float = 1.0, prefix: str = "remix") -> list[Expert]:
+    """``n`` new LoRA experts on every Linear of ``model`` whose name ends with one of ``targets``,
+    PEFT-initialised (A kaiming-uniform(a=sqrt(5)), B zero, so the mixture starts equal to the base)."""
+    if n < 1 or rank < 1:
+        raise LoramixError(f"experts-n and rank must be >= 1, got {n} and {rank}")
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and name.rpartition(".")[2] in set(targets)]
+    if not names:
+        raise LoramixError(f"no Linear module named {list(targets)} in {type(model).__name__}")
+    modules = dict(model.named_modules())
+    g = torch.Generator().manual_seed(seed)
+    experts = []
+    for i in range(n):
+        weights = {}
+        for name in names:
+            lin = modules[name]
+            A = torch.empty(rank, lin.in_features)
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=g)
+            weights[name] = LoraWeights(A, torch.zeros(lin.out_features, rank), float(scale))
+        cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": scale * rank, "target_modules": list(targets)}
+        experts.append(Expert(f"{prefix}_{i}", None, cfg, weights, {}))
+    return experts
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReMixConfig:
+    """Everything ``train_remix`` needs. ``base``: an HF model folder or ``"default"`` (the embedded
+    base, built if missing). Data: ``tasks`` (reference traces of each task's train split,
+    ``n_examples`` per task) and/or ``traces`` (a JSONL with ``prompt``/``completion`` fields)."""
+
+    out: Path = Path("runs/remix")
+    base: str = "default"
+    tasks: tuple[str, ...] = ()
+    traces: Path | None = None
+    n_examples: int = 512
+    difficulty: str | None = None  # None: the task's default
+    router: str = "remix"  # "remix" | "topk" (MixLoRA-style baseline)
+    experts_n: int = 8
+    k: int = 2
+    rank: int = 8
+    samples: int = 4  # M, RLOO samples per sequence (remix only)
+    omega: str = "linear"  # 2/(k r) or "sqrt": 2/sqrt(k r)
+    lora_alpha: float | None = None  # topk only; default 2 * rank
+    targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+    logq_tokens: str = "all"  # "all" attended tokens | "completion" (scored positions only)
+    detach_router_input: bool = True
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    router_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    scheduler: str = "cosine"
+    max_length: int = 512
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 100
+    keep_checkpoints: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.router not in ROUTER_CHOICES:
+            raise LoramixError(f"router must be one of {', '.join(ROUTER_CHOICES)}, got {self.router!r}")
+        if not 1 <= self.k <= self.experts_n:
+            raise LoramixError(f"k must lie in 1..experts_n ({self.experts_n}), got {self.k}")
+        if self.router == "remix" and self.samples < 2:
+            raise LoramixError(f"RLOO needs samples >= 2, got {self.samples}")
+        if self.logq_tokens not in ("all", "completion"):
+            raise LoramixError(f"logq_tokens must be 'all' or 'completion', got {self.logq_tokens!r}")
+        if self.omega not in ("linear", "sqrt"):
+            raise LoramixError(f"omega must be 'linear' or 'sqrt', got {self.omega!r}")
+        if not self.tasks and self.traces is None:
+            raise LoramixError("no training data: give at least one task or a traces file")
+        for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("rank", self.rank),
+                        ("grad_accum", self.grad_accum), ("max_length", self.max_length)):
+            if v < 1:
+                raise LoramixError(f"{name} must be >= 1, got {v}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["out"], d["traces"] = str(self.out), None if self.traces is None else str(self.traces)
+        d["tasks"], d["targets"] = list(self.tasks), list(self.targets)
+        return d
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def training_pairs(config: ReMixConfig) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    if config.tasks:
+        from loramix.tasks import get_task
+
+        for i, name in enumerate(config.tasks):
+            task = get_task(name)
+            kw: dict[str, Any] = {"seed": config.seed * 1000 + i}
+            if config.difficulty is not None:
+                kw["difficulty"] = config.difficulty
+            exs = task.examples("train", config.n_examples, **kw)
+            pairs += [(ex.prompt, task.reference_completion(ex)) for ex in exs]
+    if config.traces is not None:
+        pairs += [(r["prompt"], r["completion"]) for r in read_traces(config.traces)]
+    return pairs
+
+
+# --- trainer ------------------------------------------------------------------------------------
+
+
+def _make_trainer_class():
+    from loramix.train.trainer import MixtureTrainer
+
+    class ReMixTrainer(MixtureTrainer):
+        """HF Trainer whose ``compute_loss`` is the ReMix RLOO surrogate (or, for the top-k baseline,
+        the per-sequence SFT loss). Checkpoints hold only the trainable tensors."""
+
+        def __init__(self, *args, remix_config: ReMixConfig, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.remix_config = remix_config
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by GA steps
+            self._metrics: dict[str, list[float]] = {}
+
+        def create_optimizer(self, model=None):
+            cfg = self.remix_config
+            if self.optimizer is None and cfg.router_lr is not None:
+                opt_model = self.model if model is None else model
+                router = [p for n, p in opt_model.named_parameters() if p.requires_grad and n.startswith("routers.")]
+                rest = [p for n, p in opt_model.named_parameters() if p.requires_grad and not n.startswith("routers.")]
+                groups = [{"params": rest, "weight_decay": self.args.weight_decay},
+                          {"params": router, "weight_decay": 0.0, "lr": cfg.router_lr}]
+                self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
+                return self.optimizer
+            return super().create_optimizer(model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            cfg = self.remix_config
+            mix = self.accelerator.unwrap_model(model)
+            input_ids, attn, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            B = input_ids.shape[0]
+            M = cfg.samples if (cfg.router == "remix" and model.training) else 1
+            embeds = mix.get_input_embeddings()(input_ids)  # the one exactly shareable piece
+
+            def rep(t):
+                return t.repeat(M, *([1] * (t.dim() - 1))) if M > 1 else t
+
+            outputs = model(inputs_embeds=rep(embeds), attention_mask=rep(attn), use_cache=False)
+            rep_labels, rep_attn = rep(labels), rep(attn)
+            seq_loss = sequence_losses(outputs.logits, rep_labels).view(M, B)
+            routings = [(s.name, s.routing) for s in mix.sites if s.routing is not None]
+            if M > 1:
+                if cfg.logq_tokens == "all":
+                    tok_mask = rep_attn.float()
+                else:
+                    tok_mask = torch.zeros_like(rep_attn, dtype=torch.float32)
+                    tok_mask[:, :-1] = (rep_labels[:, 1:] != -100).float()
+                log_q = sum((r.log_prob * tok_mask).sum(-1) for _, r in routings if r.log_prob is not None)
+                if not torch.is_tensor(log_q):
+                    raise LoramixError("the routers produced no log-probabilities (is the model in training mode?)")
+                loss = rloo_surrogate(seq_loss, log_q.view(M, B))
+            else:
+                loss = seq_loss.mean()
+            if model.training:
+                self._record(routings, rep_attn, seq_loss)
+            return (loss, outputs) if return_outputs else loss
+
+        @torch.no_grad()
+        def _record(self, routings, attn, seq_loss):
+            m = attn.float().unsqueeze(-1)
+            ess = []
+            for name, r in routings:
+                pi = (r.probs * m).sum((0, 1)) / m.sum().clamp_min(1.0)
+                v = float(effective_sample_size(pi))
+                ess.append(v)
+                self._metrics.setdefault(f"ess/{name}", []).append(v)
+            if ess:
+                self._metrics.setdefault("ess_mean", []).append(sum(ess) / len(ess))
+            if seq_loss.shape[0] > 1:
+                self._metrics.setdefault("sample_loss_std", []).append(float(seq_loss.std(0).mean()))
+
+        def log(self, logs, start_time=None):
+            if self._metrics and "loss" in logs:
+                for key, vals in self._metrics.items():
+                    logs[key] = round(sum(vals) / len(vals), 4)
+                self._metrics = {}
+            return super().log(logs, start_time)
+
+    return ReMixTrainer
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def is_complete(out: str | Path) -> bool:
+    out = Path(out)
+    from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS
+
+    return all((out / f).is_file() for f in (MIXTURE_CONFIG, MIXTURE_WEIGHTS, METRICS_FILE))
+
+
+def build_mixture(model: nn.Module, config: ReMixConfig):
+    """Fresh experts + per-layer routers (``router`` remix or topk) on ``model``, experts trainable."""
+    from loramix.mixture import compose
+
+    if config.router == "remix":
+        scale, router_kwargs = 1.0, {"rank": config.rank, "omega": config.omega}
+    else:
+        alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.rank
+        scale, router_kwargs = alpha / config.rank, {"normalize": True}
+    experts = fresh_experts(model, config.experts_n, config.rank, config.targets, seed=config.seed, scale=scale,
+                            prefix=config.router)
+    mixture = compose(model, experts, router=config.router, top_k=config.k, shared_router=False,
+                      router_kwargs=router_kwargs, trainable_experts=True, seed=config.seed)
+    if config.router == "remix" and config.detach_router_input:
+        for router in mixture.routers:  # a hook, not a wrapper: state-dict keys stay those of load_mixture
+            router.register_forward_pre_hook(lambda _mod, args: (args[0].detach(), *args[1:]))
+    return mixture
+
+
+def train_remix(config: ReMixConfig) -> Path:
+    """Train a ReMix (or top-k baseline) mixture of fresh LoRA experts; returns ``config.out``.
+
+    Writes ``config.out`` atomically: the mixture (``load_mixture(out, base_model)`` restores it),
+    ``metrics.json`` and ``train_log.json`` (Trainer log history, with ESS per layer). Trainer
+    checkpoints go to ``<out>.ckpt`` and a rerun resumes from the latest; if ``out`` is already
+    complete the call does nothing."""
+    return fit_remix(config)[0]
+
+
+def fit_remix(config: ReMixConfig):
+    """``train_remix`` that also returns the trained mixture (in eval mode): ``(out, mixture)``;
+    ``mixture`` is None when ``out`` was already complete (nothing trained)."""
+    from transformers import TrainingArguments, set_seed
+
+    config.validate()
+    out = Path(config.out)
+    if is_complete(out):
+        return out, None
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    base_path = resolve_base(config.base)
+    model, tok = load_model_and_tokenizer(base_path)
+    dataset = completion_dataset(tok, training_pairs(config), config.max_length)
+    mixture = build_mixture(model, config)
+    mixture.train()
+
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+        weight_decay=config.weight_decay, warmup_steps=min(config.warmup_steps, config.steps // 10),
+        lr_scheduler_type=config.scheduler, logging_steps=config.logging_steps, save_steps=config.save_steps,
+        save_total_limit=2, report_to=[], seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
+        dataloader_num_workers=0, disable_tqdm=True, label_names=["labels"],
+        ddp_find_unused_parameters=True,  # experts no token chose this step get no gradient
+        use_cpu=not torch.cuda.is_available())
+    trainer = _make_trainer_class()(model=mixture, args=args, train_dataset=dataset,
+                                    data_collator=pad_collator(tok.pad_token_id), remix_config=config)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_seconds = time.perf_counter() - t0
+    mixture.eval()
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    last_ess = next((h for h in reversed(history) if "ess_mean" in h), {})
+    metrics = {
+        "config": config.to_json(),
+        "base_path": str(base_path),
+        "seed": config.seed,
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_step": round(train_seconds / max(1, config.steps), 4),
+        "steps": trainer.state.global_step,
+        "resumed": bool(resume),
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "mean_train_loss": result.training_loss,
+        "ess": {k.removeprefix("ess/"): v for k, v in last_ess.items() if k.startswith("ess/")},
+        "ess_mean": last_ess.get("ess_mean"),
+        "trainable_parameters": mixture.trainable_parameters(),
+        "parameter_report": mixture.parameter_report(),
+        "examples": len(dataset),
+    }
+    if trainer.args.should_save:
+        with atomic_path(out) as tmp:
+            mixture.save_pretrained(tmp)
+            (tmp / TRAIN_LOG_FILE).write_text(json.dumps(history, indent=2) + "\n")
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        if not config.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out, mixture
+
+
+__all__ = ["ReMixConfig", "train_remix", "fit_remix", "rloo_surrogate", "fresh_experts", "effective_sample_size",
+           "sequence_losses", "build_mixture", "training_pairs", "is_complete"]

@@ -1,0 +1,45 @@
+"""Smoke test of `loramix bench` at the tiny size: output shape and files, never speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from loramix.bench import METHODS_PER_E, METHODS_SINGLE, SIZES, WORKLOADS, parse_list, pick_size
+from loramix.cli import app
+from loramix.errors import LoramixError
+
+
+def test_bench_tiny_cli_writes_rows_targets_and_png(tmp_path):
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    res = CliRunner().invoke(app, ["bench", "--tiny", "--device", "cpu", "--json", str(out), "--png", str(png)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert set(data) >= {"rows", "targets", "meta"}
+    n_e = len(SIZES["tiny"].experts)
+    assert len(data["rows"]) == (len(METHODS_SINGLE) + len(METHODS_PER_E) * n_e) * len(WORKLOADS)
+    for row in data["rows"]:
+        assert {"method", "experts", "workload", "seconds_median", "ratio_vs_peft_lora"} <= set(row)
+        assert row["seconds_median"] > 0 and row["ratio_vs_peft_lora"] > 0
+    assert {r["method"] for r in data["rows"]} == set(METHODS_SINGLE + METHODS_PER_E)
+    assert {r["workload"] for r in data["rows"]} == set(WORKLOADS)
+    assert all(r["ratio_vs_peft_lora"] == pytest.approx(1.0) for r in data["rows"] if r["method"] == "peft_lora")
+    assert [r["note"] for r in data["rows"] if r["method"] == "xlora" and r["workload"] == "decode"] == ["no KV cache"]
+    assert data["targets"] and all({"name", "workload", "value", "met"} <= set(t) for t in data["targets"])
+    assert {"size", "device", "torch", "peak_memory", "adapter_mib"} <= set(data["meta"])
+    assert png.is_file() and png.stat().st_size > 0
+    assert "| method | E |" in res.output and "| target |" in res.output
+
+
+def test_bench_option_errors():
+    assert parse_list("2, 8,32", int, "--experts") == (2, 8, 32)
+    assert parse_list(None, int, "--experts") is None
+    with pytest.raises(LoramixError, match="--experts"):
+        parse_list("2,x", int, "--experts")
+    with pytest.raises(LoramixError):
+        pick_size(quick=True, tiny=True)
+    res = CliRunner().invoke(app, ["bench", "--tiny", "--methods", "nope"])
+    assert isinstance(res.exception, LoramixError) and "unknown method" in str(res.exception)

@@ -1,0 +1,100 @@
+"""Stage 2b: router training lowers the loss, leaves every expert bit-identical, and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import loramix
+from loramix.errors import DataError
+from loramix.train.data import read_traces
+from loramix.train.router import RouterTrainConfig, train_router
+
+from conftest import make_adapter
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from loramix.base_model import tiny_random_llama
+
+    root = tmp_path_factory.mktemp("router")
+    model, tok = tiny_random_llama(hidden=64, layers=2)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    experts = [make_adapter(model, root / f"e{i}", r=4, alpha=8, seed=20 + i) for i in range(3)]
+    rows = [{"prompt": f"add: {a}+{b}=", "completion": f"<think>{a + b}</think>\n{{\"answer\": \"{a + b}\"}}"}
+            for a in range(4) for b in range(4)]
+    traces = root / "traces.jsonl"
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root, experts, traces
+
+
+def cfg(setup, out, **kw):
+    root, experts, traces = setup
+    base = dict(base=str(root / "base"), experts=experts, traces=str(traces), out=str(out), batch_size=8,
+                max_steps=12, save_steps=4, logging_steps=2, learning_rate=5e-2, attention_lora_rank=2,
+                progress=False, warmup_ratio=0.0, lr_scheduler_type="constant")
+    base.update(kw)
+    return RouterTrainConfig(**base)
+
+
+def test_router_training_lowers_loss_and_keeps_experts_bit_identical(setup, tmp_path):
+    out = train_router(cfg(setup, tmp_path / "mix"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [p["loss"] for p in metrics["loss_curve"]]
+    assert losses[-1] < losses[0]
+    assert metrics["trainable_parameters"] == metrics["parameters"]["total"] > 0
+    root, experts, _ = setup
+    from transformers import AutoModelForCausalLM
+
+    mix = loramix.load_mixture(out, AutoModelForCausalLM.from_pretrained(root / "base"))
+    for i, folder in enumerate(experts):
+        sd = load_file(f"{folder}/adapter_model.safetensors")
+        key = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
+        routed = mix.model.model.layers[1].mlp.up_proj
+        assert torch.equal(routed.expert_A[i, :4], sd[key])
+    assert not (tmp_path / "mix.partial").exists()
+
+
+def test_resume_matches_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    import loramix.train.router as mod  # the callback is looked up there
+
+    full = train_router(cfg(setup, tmp_path / "full", router="gumbel"))
+    original = mod.RouterStepCallback
+    monkeypatch.setattr(mod, "RouterStepCallback", _StepAndInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_router(cfg(setup, tmp_path / "cut", router="gumbel"))
+    assert not (tmp_path / "cut").exists()
+    assert (tmp_path / "cut.partial" / "checkpoint-4").is_dir()
+    monkeypatch.setattr(mod, "RouterStepCallback", original)
+    cut = train_router(cfg(setup, tmp_path / "cut", router="gumbel"))
+    assert json.loads((cut / "metrics.json").read_text())["resumed"] is True
+    a, b = load_file(str(full / "mixture.safetensors")), load_file(str(cut / "mixture.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class _StepAndInterrupt(TrainerCallback):
+    """The router-step callback, plus an interruption after step 6."""
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        getattr(model, "module", model).set_router_step(state.global_step)
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 6:
+            raise KeyboardInterrupt
+
+
+def test_bad_trace_rows_name_the_line(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(DataError, match=r"t.jsonl: line 2: field 'completion' missing"):
+        read_traces(f)
+    f.write_text('{"prompt": "a", "completion": "b"}\n{oops\n')
+    with pytest.raises(DataError, match=r"t.jsonl: line 2: bad JSON"):
+        read_traces(f)
