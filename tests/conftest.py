@@ -76,3 +76,33 @@ def fresh(llama_setup):
     """A fresh copy of the tiny Llama and its three adapter folders."""
     model, paths = llama_setup
     return copy.deepcopy(model), paths
+
+
+def memorised_base(folder, tasks=("add",), n: int = 4, difficulty: str = "easy", steps: int = 150,
+                   hidden: int = 64):
+    """A tiny Llama (with the loramix tokenizer) trained to reproduce the reference completions of
+    the first ``n`` train prompts of each task, saved at ``folder``: real models whose greedy
+    answers on those prompts are correct, so distillation and evaluation have something to find."""
+    from loramix.base_model import tiny_random_llama
+    from loramix.tasks import get_task
+
+    model, tok = tiny_random_llama(hidden=hidden, layers=2)
+    texts = []
+    for name in tasks:
+        task = get_task(name)
+        texts += [ex.prompt + task.reference_completion(ex) + tok.eos_token
+                  for ex in task.examples("train", n, seed=0, difficulty=difficulty)]
+    tok.padding_side = "right"
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    torch.manual_seed(0)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    tok.padding_side = "left"
+    model.eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -6,10 +6,12 @@ import copy
 import json
 
 import pytest
-import torch
+from transformers import AutoModelForCausalLM
 
 from loramix.tasks import get_task
 from loramix.train.distill import DistillConfig, distill
+
+from conftest import memorised_base
 
 
 @pytest.fixture(scope="module")
@@ -18,30 +20,10 @@ def memorised(tmp_path_factory):
     identity expert (B = 0) on it: its greedy answers to those prompts are correct."""
     from peft import LoraConfig, get_peft_model
 
-    from loramix.base_model import tiny_random_llama
-
     root = tmp_path_factory.mktemp("distill")
-    model, tok = tiny_random_llama(hidden=64, layers=2)
-    task = get_task("add")
-    exs = task.examples("train", 6, seed=0, difficulty="easy")
-    texts = [ex.prompt + task.reference_completion(ex) for ex in exs[:4]]
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ids = torch.cat([batch["input_ids"], torch.full((4, 1), tok.pad_token_id)], 1)
-    for i, t in enumerate(texts):  # append EOS after each text (left-padded batch: text ends at -2)
-        ids[i, -1] = tok.eos_token_id
-    mask = torch.cat([batch["attention_mask"], torch.ones(4, 1, dtype=torch.long)], 1)
-    labels = ids.masked_fill(mask == 0, -100)
-    torch.manual_seed(0)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    memorised_base(root / "base", ("add",), n=4)
+    exs = get_task("add").examples("train", 6, seed=0, difficulty="easy")
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
     get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["gate_proj", "up_proj", "down_proj"])
                    ).save_pretrained(str(root / "expert"))
     return root, exs

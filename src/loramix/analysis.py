@@ -30,6 +30,8 @@ from typing import Sequence
 
 import torch
 
+from loramix.routers import effective_sample_size
+
 from loramix.errors import DataError, LoramixError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -94,10 +96,8 @@ def own_mass(expert_ids: torch.Tensor, weights: torch.Tensor, target, mask: torc
 
 
 def ess(pi: torch.Tensor):
-    """Effective sample size ||pi||_1^2 / ||pi||_2^2 over the last dim (1: one expert; E: uniform).
-    A float for a vector, a tensor for a batch."""
-    pi = torch.as_tensor(pi, dtype=torch.float64).abs()
-    value = pi.sum(-1).pow(2) / pi.pow(2).sum(-1).clamp_min(1e-300)
+    """``routers.effective_sample_size`` in float64: a float for a vector, a tensor for a batch."""
+    value = effective_sample_size(torch.as_tensor(pi, dtype=torch.float64))
     return float(value) if value.dim() == 0 else value.float()
 
 

@@ -27,13 +27,54 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 
 
 @app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its outputs."),
+def pipeline(
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (default: the built-in tiny recipe)."),
+    root: Path = typer.Option(Path("runs"), "--root", help="Runs folder; outputs go to <root>/<recipe name>."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's results section."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Run the main job end to end on the embedded default."""
-    from loramix.demo import run_demo
+    """The whole experiment, resumable: experts, traces, MoR-LoRA, baselines, evaluation, report."""
+    from loramix.pipeline import run_pipeline
+    from loramix.recipe import load_recipe
+    from loramix.report import tables_markdown, update_readme
 
-    run_demo(out, console=console)
+    recipe = load_recipe(config)
+    report = run_pipeline(recipe, root, console=console, progress=not quiet)
+    console.print(tables_markdown(report), highlight=False, soft_wrap=True)
+    console.print(f"report: {root / recipe.name / 'report.md'}", highlight=False)
+    if readme is not None:
+        update_readme(root / recipe.name, readme)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A pipeline run folder (holding report.json)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite this README's results section."),
+) -> None:
+    """Print a run's report tables; optionally splice them into a README."""
+    import json
+
+    from loramix.report import tables_markdown, update_readme
+
+    path = run / "report.json"
+    if not path.is_file():
+        raise LoramixError(f"{path}: missing; run `loramix pipeline` first")
+    console.print(tables_markdown(json.loads(path.read_text())), highlight=False, soft_wrap=True)
+    if readme is not None:
+        update_readme(run, readme)
+
+
+@app.command()
+def demo(
+    root: Path = typer.Option(Path("runs"), "--root", help="Runs folder."),
+) -> None:
+    """The main job on the embedded default: `loramix pipeline --config recipes/tiny.yaml`."""
+    pipeline(config=_tiny_recipe(), root=root, readme=None, quiet=False)
+
+
+def _tiny_recipe() -> Optional[Path]:
+    path = Path("recipes/tiny.yaml")
+    return path if path.is_file() else None
 
 
 # --- tasks (issue 3) --------------------------------------------------------------------------
@@ -317,6 +358,61 @@ def build_arrow_cmd(
 
     path = build_arrow(base, _bl_split(experts), out, top_k=top_k, router_temperature=temperature, seed=seed)
     console.print(f"Arrow: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("distill")
+def distill_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders, one per task (repeatable or comma-separated)."),
+    tasks: list[str] = typer.Option(..., "--tasks", "--task", help="One task per expert, in order."),
+    out: Path = typer.Option(..., "--out", help="Traces JSONL (appended batch by batch; a rerun resumes)."),
+    n_prompts: int = typer.Option(200, "--n-prompts", help="Training prompts per task."),
+    samples: int = typer.Option(4, "--samples", help="Sampled generations per prompt (plus one greedy)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    max_per_prompt: int = typer.Option(2, "--max-per-prompt", help="Traces kept per prompt."),
+    max_per_task: int = typer.Option(1000, "--max-per-task", help="Traces kept per task."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens per completion."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
+    difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
+    seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Stage 2a: each expert answers its task's train prompts; verified traces go to a JSONL file."""
+    from loramix.train.distill import DistillConfig, distill
+
+    cfg = DistillConfig(base=base, experts=_bl_split(experts), tasks=_bl_split(tasks), out=str(out),
+                        n_prompts=n_prompts, samples=samples, temperature=temperature,
+                        max_per_prompt=max_per_prompt, max_per_task=max_per_task, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, difficulty=difficulty, seed=seed)
+    console.print(f"traces: {distill(cfg, progress=not quiet)}", highlight=False, soft_wrap=True)
+
+
+@app.command("train-router")
+def train_router_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
+    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion rows), e.g. from distill."),
+    out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
+    router: str = typer.Option("hard", "--router", help="hard, soft, topk, gumbel, remix or fixed."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (default: the router's)."),
+    attention_rank: int = typer.Option(8, "--attention-rank", help="Rank of the trainable attention LoRA (0: none)."),
+    steps: int = typer.Option(-1, "--steps", help="Optimizer steps (-1: --epochs over the traces)."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Epochs over the traces (when --steps is -1)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
+    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
+    max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
+    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Stage 2b: train the router (+ attention LoRA) over frozen experts; resumes if interrupted."""
+    from loramix.train.router import RouterTrainConfig, train_router
+
+    cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), router=router,
+                            top_k=top_k, attention_lora_rank=attention_rank, max_steps=steps,
+                            num_train_epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
+                            save_steps=save_steps, seed=seed, progress=not quiet)
+    console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)
 
 
 # --- evaluate & analyze (issue 5) -------------------------------------------------------------

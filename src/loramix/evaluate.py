@@ -453,7 +453,8 @@ def evaluate_model(
         completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                do_sample=do_sample, temperature=temperature, top_p=top_p,
                                num_return_sequences=num_return_sequences, seed=seed if do_sample else None,
-                               before_batch=hook if hook and (routing != "model" or collect_routing) else None)
+                               before_batch=hook if hook and (routing != "model" or collect_routing) else None,
+                               label=f"task {name!r} ({split})")
         per_task[name] = score_completions(task, exs, completions)
         samples[name] = [{"prompt": e.prompt, "completion": c[0].text, "correct": bool(task.is_correct(c[0].text, e)),
                           "answer": e.answer} for e, c in list(zip(exs, completions))[:keep_samples]]
@@ -574,6 +575,9 @@ def load_for_eval(path: str | Path, base: str | None = None):
         except json.JSONDecodeError as err:
             raise LoramixError(f"{path / 'adapter_config.json'}: not valid JSON ({err})") from None
         model, tok = load_base_model(_base_from_config(path, base, recorded, "PEFT adapter"))
+        from loramix.experts import load_expert
+
+        load_expert(path, model)  # AdapterError naming the file and key: non-LoRA, missing/corrupt, shape, NaN
         return PeftModel.from_pretrained(model, str(path)).eval(), tok, "peft"
     if (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -25,8 +25,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` (file or folder).
     On error the temporary is removed and `path` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:  # a user path: one-line error, not a traceback
+        from loramix.errors import LoramixError
+
+        raise LoramixError(f"{path}: cannot write there ({err.strerror or err})") from None
     target = tmp / path.name
     try:
         yield target

@@ -78,7 +78,7 @@ def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None,
         if expert is None:
             raise LoramixError("fixed routing needs an expert, sequence_experts or weights")
         idx = torch.full((*shape, 1), int(expert), dtype=torch.long, device=device)
-    if int(idx.min()) < 0 or int(idx.max()) >= num_experts:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_experts):  # an empty batch is fine
         raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
     probs = F.one_hot(idx[..., 0], num_experts).float()
     return Routing(idx, torch.ones(idx.shape, device=device), probs)
@@ -266,7 +266,7 @@ def make_router(kind: str, hidden_size: int, num_experts: int, top_k: int | None
         raise unknown_name("router", kind, ROUTERS)
     cls = ROUTERS[kind]
     if top_k is None:
-        top_k = {"topk": 2, "remix": 2, "soft": num_experts}.get(kind, 1)
+        top_k = min({"topk": 2, "remix": 2, "soft": num_experts}.get(kind, 1), num_experts)  # 1 expert: k=1
     return cls(hidden_size, num_experts, top_k, **kwargs)
 
 
@@ -288,3 +288,10 @@ def z_loss(routing: Routing) -> torch.Tensor:
     if routing.logits is None:
         return routing.probs.new_zeros(())
     return torch.logsumexp(routing.logits.reshape(-1, routing.num_experts), dim=-1).pow(2).mean()
+
+
+def effective_sample_size(pi: torch.Tensor) -> torch.Tensor:
+    """ESS = ||pi||_1^2 / ||pi||_2^2 over the last dim: E for a uniform distribution over E experts,
+    1 when one expert takes everything. ReMix's measure of routing collapse."""
+    pi = pi.abs()
+    return pi.sum(-1).pow(2) / pi.pow(2).sum(-1).clamp_min(1e-30)

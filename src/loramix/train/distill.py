@@ -19,6 +19,7 @@ from loramix.tasks import get_task
 from loramix.tasks.format import extract_answer, has_think
 
 DONE_SUFFIX = ".done.json"
+META_SUFFIX = ".meta.json"
 
 
 @dataclass
@@ -75,7 +76,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     from loramix.loading import load_base_model
 
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LoramixError(f"{out}: cannot write there ({err.strerror or err})") from None
     done_path = out.with_name(out.name + DONE_SUFFIX)
     rows = _read_existing(out)
     done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
@@ -84,7 +88,11 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     for r in rows:
         per_task[r["task"]] = per_task.get(r["task"], 0) + 1
 
+    tasks = [get_task(t, **cfg.task_kwargs.get(t, {})) for t in cfg.tasks]  # unknown names fail before any write
     model, tok = load_base_model(cfg.base)
+    from loramix.experts import load_experts
+
+    experts = load_experts(cfg.experts, model, names=[f"{i}:{Path(f).name}" for i, f in enumerate(cfg.experts)])
     peft_model = None
     names = [f"expert{i}" for i in range(len(cfg.experts))]
     for name, folder in zip(names, cfg.experts):
@@ -95,8 +103,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     peft_model.eval()
 
     with Progress(disable=not progress) as bar, open(out, "a") as sink:
-        for e, (name, folder, task_name) in enumerate(zip(names, cfg.experts, cfg.tasks)):
-            task = get_task(task_name, **cfg.task_kwargs.get(task_name, {}))
+        for e, (name, folder, task_name, task) in enumerate(zip(names, cfg.experts, cfg.tasks, tasks)):
             peft_model.set_adapter(name)
             examples = task.examples("train", cfg.n_prompts, seed=cfg.seed, difficulty=cfg.difficulty)
             todo = [(i, ex) for i, ex in enumerate(examples) if f"{task_name}:{i}" not in done]
@@ -138,7 +145,23 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
                 done.update(f"{task_name}:{i}" for i, _ in chunk)
                 _write_done(done_path, done)
                 bar.advance(job, len(chunk))
+    _write_meta(out, cfg, experts)
     return out
+
+
+def _write_meta(out: Path, cfg: DistillConfig, experts) -> None:
+    """``<out>.meta.json``: loramix version, config, seed and the sha256 of every input file."""
+    from dataclasses import asdict
+
+    from loramix import __version__
+    from loramix.io import write_json
+    from loramix.loading import base_fingerprint, resolve_base
+
+    meta = {"loramix_version": __version__, "config": asdict(cfg), "seed": cfg.seed,
+            "inputs_sha256": {str(Path(e.path) / f): d for e in experts for f, d in e.sha256.items()},
+            "base_weights_sha256": base_fingerprint(resolve_base(cfg.base)),
+            "rows": sum(1 for _ in open(out))}
+    write_json(out.with_name(out.name + META_SUFFIX), meta)
 
 
 def _write_done(path: Path, done: set[str]) -> None:

@@ -54,6 +54,7 @@ from torch import nn
 from loramix.errors import LoramixError
 from loramix.experts import Expert, LoraWeights
 from loramix.io import atomic_path
+from loramix.routers import effective_sample_size  # noqa: F401 - re-exported
 from loramix.loading import load_model_and_tokenizer, resolve_base
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 
@@ -80,11 +81,6 @@ def rloo_surrogate(losses: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     adv = (losses - losses.mean(0, keepdim=True)).detach()
     score = (adv * log_q).sum(0) / (M - 1)  # [B]
     return losses.mean() + (score - score.detach()).mean()
-
-
-def effective_sample_size(pi: torch.Tensor) -> torch.Tensor:
-    """ESS = ||pi||_1^2 / ||pi||_2^2 over the last dim (1 = one expert takes all, E = uniform)."""
-    return pi.sum(-1).pow(2) / pi.pow(2).sum(-1).clamp_min(1e-30)
 
 
 def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -221,7 +217,6 @@ def _make_trainer_class():
             super().__init__(*args, **kwargs)
             self.remix_config = remix_config
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by GA steps
-            self._metrics: dict[str, list[float]] = {}
 
         def create_optimizer(self, model=None):
             cfg = self.remix_config
@@ -268,24 +263,9 @@ def _make_trainer_class():
 
         @torch.no_grad()
         def _record(self, routings, attn, seq_loss):
-            m = attn.float().unsqueeze(-1)
-            ess = []
-            for name, r in routings:
-                pi = (r.probs * m).sum((0, 1)) / m.sum().clamp_min(1.0)
-                v = float(effective_sample_size(pi))
-                ess.append(v)
-                self._metrics.setdefault(f"ess/{name}", []).append(v)
-            if ess:
-                self._metrics.setdefault("ess_mean", []).append(sum(ess) / len(ess))
+            self.record_routing(attn)
             if seq_loss.shape[0] > 1:
-                self._metrics.setdefault("sample_loss_std", []).append(float(seq_loss.std(0).mean()))
-
-        def log(self, logs, start_time=None):
-            if self._metrics and "loss" in logs:
-                for key, vals in self._metrics.items():
-                    logs[key] = round(sum(vals) / len(vals), 4)
-                self._metrics = {}
-            return super().log(logs, start_time)
+                self.log_metric("sample_loss_std", float(seq_loss.std(0).mean()))
 
     return ReMixTrainer
 
@@ -348,7 +328,9 @@ def fit_remix(config: ReMixConfig):
     mixture.train()
 
     ckpt_dir = out.with_name(out.name + ".ckpt")
-    resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    from loramix.train.common import last_checkpoint
+
+    resume = last_checkpoint(ckpt_dir)  # the last *complete* checkpoint: a kill mid-save leaves a torn one
     args = TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
@@ -361,14 +343,21 @@ def fit_remix(config: ReMixConfig):
     trainer = _make_trainer_class()(model=mixture, args=args, train_dataset=dataset,
                                     data_collator=pad_collator(tok.pad_token_id), remix_config=config)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t0
     mixture.eval()
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     last_ess = next((h for h in reversed(history) if "ess_mean" in h), {})
+    from loramix import __version__
+    from loramix.io import sha256_file
+    from loramix.loading import base_fingerprint
+
     metrics = {
+        "loramix_version": __version__,
         "config": config.to_json(),
+        "inputs_sha256": {str(config.traces): sha256_file(config.traces)} if config.traces else {},
+        "base_weights_sha256": base_fingerprint(base_path),
         "base_path": str(base_path),
         "seed": config.seed,
         "train_seconds": round(train_seconds, 3),

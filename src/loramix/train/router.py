@@ -19,6 +19,7 @@ from loramix import __version__
 from loramix.io import atomic_path, sha256_file, write_json
 from loramix.loading import load_base_model
 from loramix.mixture import MixtureModel, compose
+from loramix.train.common import last_checkpoint
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer, RouterStepCallback
 
@@ -83,12 +84,12 @@ def train_router(cfg: RouterTrainConfig) -> Path:
     work = out.with_name(out.name + ".partial")
     trainer = MixtureTrainer(model=mixture, args=_training_args(cfg, work), train_dataset=data,
                              data_collator=pad_collator(tok.pad_token_id), callbacks=[RouterStepCallback()])
-    resume = any(work.glob("checkpoint-*"))
+    resume = last_checkpoint(work)  # the last *complete* checkpoint: a kill mid-save leaves a torn one
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     mixture.record_routing = True
-    save_mixture_run(mixture, out, cfg, trainer.state.log_history, seconds, resumed=resume,
+    save_mixture_run(mixture, out, cfg, trainer.state.log_history, seconds, resumed=resume is not None,
                      inputs=[cfg.traces] + [str(Path(e) / "adapter_model.safetensors") for e in cfg.experts])
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -12,12 +12,59 @@ from transformers import Trainer, TrainerCallback
 
 from loramix.errors import LoramixError
 from loramix.mixture import MIXTURE_WEIGHTS
+from loramix.routers import effective_sample_size
 
 TRAINING_ARGS_NAME = "training_args.bin"
 CHECKPOINT_MIXTURE = "mixture"
 
 
 class MixtureTrainer(Trainer):
+    """Also logs routing health with the loss: ``ess/<site>`` (ESS of the mean router distribution
+    over the batch's tokens), ``ess_mean`` (its mean over sites) and ``ess_token`` (the mean per-token
+    ESS of the weights tokens used: k for ReMix, toward 1 for a collapsing soft router), so
+    ``train_log.json`` shows collapse over steps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._step_metrics: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            self.record_routing(inputs.get("attention_mask"))
+        return result
+
+    def log_metric(self, key: str, value: float) -> None:
+        self._step_metrics.setdefault(key, []).append(value)
+
+    @torch.no_grad()
+    def record_routing(self, attention_mask: torch.Tensor | None) -> None:
+        """ESS per site of the last forward (``Routing.probs`` averaged over real tokens)."""
+        mixture = self.accelerator.unwrap_model(self.model)
+        values, tokens = [], []
+        for site in mixture.sites:
+            probs = site.routing.probs if site.routing is not None else None
+            if probs is None or probs.dim() != 3:
+                continue
+            mask = (attention_mask if attention_mask is not None else probs.new_ones(probs.shape[:2]))
+            mask = mask.to(probs.dtype).unsqueeze(-1)
+            pi = (probs * mask).sum((0, 1)) / mask.sum().clamp_min(1.0)
+            value = float(effective_sample_size(pi))
+            values.append(value)
+            self.log_metric(f"ess/{site.name}", value)
+            w = site.routing.weights.float()  # per token: ESS of the weights it actually used
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+            tokens.append(float((effective_sample_size(w) * mask[..., 0]).sum() / mask.sum().clamp_min(1.0)))
+        if values:
+            self.log_metric("ess_mean", sum(values) / len(values))
+            self.log_metric("ess_token", sum(tokens) / len(tokens))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._step_metrics and "loss" in logs:
+            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._step_metrics.items()})
+            self._step_metrics = {}
+        super().log(logs, start_time)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return

@@ -1,0 +1,159 @@
+"""Pipeline recipes: a YAML file read into typed dataclasses. Unknown keys and wrong types are
+refused with the file and the dotted field named."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loramix.errors import DataError
+
+
+@dataclass
+class ExpertStage:
+    """Stage 1: one LoRA expert per task, by GRPO (and the same-size SFT experts)."""
+
+    steps: int = 60
+    sft_steps: int = 60
+    sft_warmup_steps: int = 0
+    batch_size: int = 64
+    num_generations: int = 8
+    temperature: float = 1.0
+    learning_rate: float = 5e-4
+    sft_learning_rate: float = 5e-4
+    rank: int = 8
+    alpha: float = 16.0
+    n_train: int = 1000
+    n_eval: int = 50
+    max_completion_length: int | None = None
+
+
+@dataclass
+class DistillStage:
+    n_prompts: int = 200
+    samples: int = 4
+    temperature: float = 1.0
+    max_per_prompt: int = 2
+    max_per_task: int = 1000
+    mixed_references: int = 0  # per evaluate.mixed_pairs pair: reference mixed traces added for stage 2
+
+
+@dataclass
+class RouterStage:
+    """Stage 2: MoR-LoRA's router (and the soft / top-2 / Gumbel baselines) over frozen experts."""
+
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    attention_lora_rank: int = 8
+    attention_lora_alpha: float | None = None
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+
+
+@dataclass
+class ReMixStage:
+    experts_n: int = 8
+    k: int = 2
+    rank: int = 8
+    samples: int = 4
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class MultitaskStage:
+    steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+
+
+@dataclass
+class EvalStage:
+    n: int = 100
+    batch_size: int = 50
+    split: str = "test"
+    mixed_pairs: list[list[str]] = field(default_factory=list)
+    mixed_n: int = 50
+
+
+@dataclass
+class Recipe:
+    """The whole experiment. ``methods``: which rows of the report to produce (default: all)."""
+
+    name: str = "tiny"
+    base: str = "default"
+    tasks: list[str] = field(default_factory=lambda: ["add", "sort", "bool", "mod", "strings"])
+    task_kwargs: dict = field(default_factory=dict)
+    difficulty: str = "medium"
+    eval_difficulty: str = "medium"
+    max_length: int = 512
+    seed: int = 0
+    methods: list[str] | None = None
+    expert: ExpertStage = field(default_factory=ExpertStage)
+    distill: DistillStage = field(default_factory=DistillStage)
+    router: RouterStage = field(default_factory=RouterStage)
+    remix: ReMixStage = field(default_factory=ReMixStage)
+    multitask: MultitaskStage = field(default_factory=MultitaskStage)
+    evaluate: EvalStage = field(default_factory=EvalStage)
+
+
+def _check(value, tp, path: Path, where: str):
+    """``value`` converted to the annotated type ``tp`` (dataclasses recursively), or a DataError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(value, inner[0], path, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise DataError(path, where, f"must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, path, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise DataError(path, where, f"must be a list, got {type(value).__name__}")
+        return [_check(v, args[0], path, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise DataError(path, where, f"must be a mapping, got {type(value).__name__}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise DataError(path, where, f"must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, path: Path, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise DataError(path, where, f"unknown key; valid: {', '.join(sorted(names))}")
+    kwargs = {k: _check(v, hints[k], path, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """The recipe at ``path`` (YAML), or the built-in tiny default when ``path`` is None."""
+    if path is None:
+        return Recipe()
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file", "not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DataError(path, "file", f"not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "file", "must hold a mapping")
+    return from_dict(Recipe, data, path)
