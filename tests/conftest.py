@@ -106,3 +106,33 @@ def memorised_base(folder, tasks=("add",), n: int = 4, difficulty: str = "easy",
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def digits_task(task_name: str):
+    """A registered-able test task whose reward varies across random completions (the share of digit
+    characters), so a few GRPO steps on an untrained model get non-zero advantages; ``is_correct``
+    accepts anything, so distillation keeps every finished generation."""
+    import random
+
+    from loramix.tasks import Example, Task
+
+    class DigitsTask(Task):
+        name = task_name
+        kind = "user"
+        description = "test task: reward = share of digits"
+
+        def examples(self, split="train", n=None, *, seed=0, difficulty="hard"):
+            rng = random.Random(f"{split}|{seed}|{difficulty}")
+            out = []
+            for _ in range(16 if n is None else n):
+                a = rng.randint(0, 999)
+                out.append(Example(f"digits: {a}\n", str(a % 10), f"{a}%10={a % 10}", self.name))
+            return out
+
+        def reward(self, completion, ex):
+            return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+        def is_correct(self, completion, ex):
+            return True
+
+    return DigitsTask

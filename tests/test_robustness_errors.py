@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_adapter, tiny_model
@@ -133,7 +132,7 @@ def test_duplicate_experts_are_refused(env, tmp_path, capsys):
 
 def test_bad_traces_name_the_line(env, tmp_path, capsys):
     root, e, _ = env
-    for text, needles in (('{"prompt": "a", "completion": "b"}\n{oops\n', ["line 2", "bad JSON"]),
+    for text, needles in (('{"prompt": "a", "completion": "b"}\n{oops\n', ["line 2", "invalid JSON"]),
                           ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n', ["line 3", "'completion'"]),
                           ('[1, 2]\n', ["line 1", "JSON object"])):
         bad = tmp_path / "bad.jsonl"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -31,35 +30,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loramix.tasks import Example, Task, register_task, unregister_task
+from loramix.tasks import register_task, unregister_task
+
+from conftest import digits_task
 
 TESTS = Path(__file__).parent
 TASK = "_rb_digits"
 
 
-class DigitsTask(Task):
-    """Reward = share of digit characters (varies across random completions, so GRPO has signal).
-    ``is_correct`` accepts anything, so distill keeps every (wrapped) generation."""
-
-    name = TASK
-    kind = "user"
-    description = "robustness test task"
-
-    def examples(self, split="train", n=None, *, seed=0, difficulty="hard"):
-        rng = random.Random(f"{split}|{seed}|{difficulty}")
-        out = []
-        for _ in range(16 if n is None else n):
-            a = rng.randint(0, 999)
-            out.append(Example(f"digits: {a}\n", str(a % 10), f"{a}%10={a % 10}", self.name))
-        return out
-
-    def reward(self, completion, ex):
-        return sum(c.isdigit() for c in completion) / max(1, len(completion))
-
-    def is_correct(self, completion, ex):
-        return True
-
-
+DigitsTask = digits_task(TASK)
 def wrap_generate(real):
     """Real generation, with each completion wrapped so that distill's format filter passes it
     (a tiny random model never writes <think> blocks or EOS). The wrapper is deterministic, so it

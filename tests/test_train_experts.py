@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -18,33 +17,16 @@ import torch
 from safetensors.torch import load_file
 
 from loramix.errors import LoramixError
-from loramix.tasks import Example, Task, register_task, unregister_task
+from loramix.tasks import Example, register_task, unregister_task
+
+from conftest import digits_task
 from loramix.train import ExpertTrainConfig, greedy_accuracy, greedy_completions, partial_dir, train_expert
 
 TEST_TASK = "_digits"
 MLP = ["gate_proj", "up_proj", "down_proj"]
 
 
-class DigitsTask(Task):
-    """A test task whose reward varies across random completions (share of digit characters), so a
-    few GRPO steps on an untrained model give non-zero advantages and gradients."""
-
-    name = TEST_TASK
-    kind = "user"
-    description = "test task: reward = share of digits"
-
-    def examples(self, split="train", n=None, *, seed=0, difficulty="hard"):
-        rng = random.Random(f"{split}|{seed}|{difficulty}")
-        out = []
-        for _ in range(16 if n is None else n):
-            a = rng.randint(0, 999)
-            out.append(Example(f"digits: {a}\n", str(a % 10), f"{a}%10={a % 10}", self.name))
-        return out
-
-    def reward(self, completion, ex):
-        return sum(c.isdigit() for c in completion) / max(1, len(completion))
-
-
+DigitsTask = digits_task(TEST_TASK)
 def _register():
     register_task(TEST_TASK, DigitsTask)
 
@@ -227,13 +209,17 @@ def test_greedy_accuracy_batched_matches_single(base_dir):
     single = [greedy_completions(model, tok, [e.prompt], max_new_tokens=8)[0] for e in exs]
     assert batched == single
 
-    class Always(DigitsTask):
+    class Never(DigitsTask):
         def is_correct(self, completion, ex):
-            return True
+            return False
 
-    assert greedy_accuracy(model, tok, Always(), exs, max_new_tokens=4, batch_size=4) == 1.0
-    assert greedy_accuracy(model, tok, task, exs, max_new_tokens=4, batch_size=4) == pytest.approx(
-        sum(task.is_correct(c, e) for c, e in zip(batched, exs)) / len(exs), abs=1.0)
+    class FirstTwo(DigitsTask):  # accuracy must count exactly the examples the verifier accepts
+        def is_correct(self, completion, ex):
+            return ex in exs[:2]
+
+    assert greedy_accuracy(model, tok, task, exs, max_new_tokens=4, batch_size=4) == 1.0
+    assert greedy_accuracy(model, tok, Never(), exs, max_new_tokens=4, batch_size=4) == 0.0
+    assert greedy_accuracy(model, tok, FirstTwo(), exs, max_new_tokens=4, batch_size=4) == pytest.approx(2 / 6)
 
 
 def test_cli_train_expert(base_dir, tmp_path):

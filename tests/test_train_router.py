@@ -96,5 +96,5 @@ def test_bad_trace_rows_name_the_line(tmp_path):
     with pytest.raises(DataError, match=r"t.jsonl: line 2: field 'completion' missing"):
         read_traces(f)
     f.write_text('{"prompt": "a", "completion": "b"}\n{oops\n')
-    with pytest.raises(DataError, match=r"t.jsonl: line 2: bad JSON"):
+    with pytest.raises(DataError, match=r"t.jsonl: line 2: invalid JSON"):
         read_traces(f)

@@ -91,6 +91,7 @@ class Pipeline:
                     num_generations=e.num_generations, temperature=e.temperature,
                     max_completion_length=e.max_completion_length,
                     learning_rate=e.learning_rate if method == "grpo" else e.sft_learning_rate,
+                    sft_learning_rate=e.sft_learning_rate,
                     lora_r=e.rank, lora_alpha=e.alpha, difficulty=self.r.difficulty, n_train=e.n_train,
                     n_eval=e.n_eval, seed=self.r.seed, progress=self.progress)
                 train_expert(cfg, console=self.console)

@@ -101,7 +101,7 @@ def targets(report: dict, pipeline) -> list[dict]:
 
     base = m.get("base")
     for t in tasks:
-        rl, sft = m.get(f"expert_rl:{t}"), m.get(f"expert_sft:{t}")
+        rl = m.get(f"expert_rl:{t}")
         if rl and base:
             gain = rl["accuracy"][t] - base["accuracy"][t]
             add(f"RL expert beats base on {t} by >= 20 points", round(100 * gain, 1), gain >= 0.20)

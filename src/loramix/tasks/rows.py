@@ -36,16 +36,18 @@ def read_rows(path: str | Path, split: str | None = None) -> list[Row]:
         except json.JSONDecodeError as err:
             if "Extra data" not in err.msg:  # JSON Lines under a .json name otherwise
                 raise DataError(p, f"line {err.lineno}", f"invalid JSON: {err.msg}") from None
-            return _jsonl(p, text)
+            return read_jsonl(p, text)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise DataError(p, "top level", "expected a list of objects")
         return _numbered(data, p)
-    return _jsonl(p, p.read_text(encoding="utf-8"))
+    return read_jsonl(p, p.read_text(encoding="utf-8"))
 
 
-def _jsonl(p: Path, text: str) -> list[Row]:
+def read_jsonl(p: Path, text: str | None = None) -> list[Row]:
+    """(``line N``, object) for each non-blank line of a JSONL file; a bad line is a DataError."""
+    text = p.read_text(encoding="utf-8") if text is None else text
     rows: list[Row] = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

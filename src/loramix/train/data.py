@@ -3,12 +3,12 @@ JSONL, completion-only tokenisation, and right-padding collation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from loramix.errors import DataError, LoramixError
+from loramix.tasks.rows import read_jsonl
 
 
 def read_traces(path: str | Path) -> list[dict]:
@@ -17,20 +17,11 @@ def read_traces(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(path, "file", "not found")
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, f"line {n}", f"bad JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(path, f"line {n}", "must hold a JSON object")
-            for key in ("prompt", "completion"):
-                if not isinstance(row.get(key), str) or not row[key]:
-                    raise DataError(path, f"line {n}", f"field {key!r} missing or not a non-empty string")
-            rows.append(row)
+    for where, row in read_jsonl(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise DataError(path, where, f"field {key!r} missing or not a non-empty string")
+        rows.append(row)
     if not rows:
         raise DataError(path, "file", "holds no traces")
     return rows

@@ -52,6 +52,7 @@ class ExpertTrainConfig:
     temperature: float = 1.0
     max_completion_length: int | None = None  # None: longest reference completion + 25%
     learning_rate: float = 5e-4
+    sft_learning_rate: float | None = None  # the SFT phase's rate (method=sft or the warm-up); None: learning_rate
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -185,12 +186,13 @@ def _lora_config(cfg: ExpertTrainConfig):
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def _common_args(cfg: ExpertTrainConfig, output_dir: Path, steps: int) -> dict[str, Any]:
+def _common_args(cfg: ExpertTrainConfig, output_dir: Path, steps: int, kind: str) -> dict[str, Any]:
     import torch
 
     return dict(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1, learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps,
+        gradient_accumulation_steps=1, logging_steps=cfg.logging_steps,
+        learning_rate=cfg.sft_learning_rate if kind == "sft" and cfg.sft_learning_rate else cfg.learning_rate,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
         report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False,
@@ -229,7 +231,7 @@ def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, w
     if kind == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        args = GRPOConfig(**_common_args(cfg, ckpt_dir, steps), num_generations=cfg.num_generations,
+        args = GRPOConfig(**_common_args(cfg, ckpt_dir, steps, "grpo"), num_generations=cfg.num_generations,
                           temperature=cfg.temperature, max_completion_length=max_completion_length,
                           beta=cfg.beta, shuffle_dataset=True, log_completions=False)
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
@@ -239,7 +241,7 @@ def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, w
         from trl import SFTConfig, SFTTrainer
 
         max_len = getattr(model.config, "max_position_embeddings", None) or 1024
-        args = SFTConfig(**_common_args(cfg, ckpt_dir, steps), max_length=max_len, completion_only_loss=True,
+        args = SFTConfig(**_common_args(cfg, ckpt_dir, steps, "sft"), max_length=max_len, completion_only_loss=True,
                          packing=False, shuffle_dataset=True)
         tok.padding_side = "right"
         trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(task, train_exs),
