@@ -47,6 +47,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json(path: str | Path, missing: str = "missing") -> Any:
+    """The JSON in ``path``; a missing or malformed file is a one-line ``LoramixError`` naming it."""
+    from loramix.errors import LoramixError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoramixError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LoramixError(f"{path}: not valid JSON ({err})") from None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -25,7 +25,7 @@ from torch import nn
 from loramix import __version__
 from loramix.errors import LoramixError
 from loramix.experts import CONFIG_NAME, WEIGHTS_NAME, Expert, LoraWeights, load_experts, stack_module
-from loramix.io import atomic_path, sha256_file
+from loramix.io import atomic_path, read_json, sha256_file
 from loramix.kernels import routed_lora
 from loramix.routers import ROUTERS, Routing, fixed_routing, load_balance_loss, make_router, z_loss
 
@@ -375,12 +375,7 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
     """
     mixture_dir = Path(mixture_dir)
     cfg_path = mixture_dir / MIXTURE_CONFIG
-    if not cfg_path.is_file():
-        raise LoramixError(f"{cfg_path}: missing; not a loramix mixture folder")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise LoramixError(f"{cfg_path}: not valid JSON ({err})") from None
+    cfg = read_json(cfg_path, "missing; not a loramix mixture folder")
     for key in ("experts", "router", "shared_router"):
         if key not in cfg:
             raise LoramixError(f"{cfg_path}: field {key!r} missing")
@@ -403,8 +398,8 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
             if actual != digest and not accept_changed_experts:
                 raise LoramixError(
                     f"{f}: sha256 differs from the one recorded in {cfg_path} (experts[{i}].sha256.{fname}); "
-                    "the expert changed since the mixture was saved (pass accept_changed_experts=True / "
-                    "--accept-changed-experts to load it anyway)")
+                    "the expert changed since the mixture was saved (load_mixture(..., accept_changed_experts=True) "
+                    "loads it anyway)")
         experts.append(load_expert(folder, model, entry["name"]))
     mixture = compose(
         model, experts, router=cfg["router"], top_k=cfg.get("top_k"), shared_router=cfg["shared_router"],

@@ -31,7 +31,7 @@ import torch
 
 from loramix import __version__
 from loramix.errors import LoramixError, unknown_name
-from loramix.io import atomic_path, sha256_file, write_json
+from loramix.io import atomic_path, read_json, sha256_file, write_json
 
 MERGE_METHODS = {"linear": "linear", "cat": "cat", "ties": "ties", "dare": "dare_ties",
                  "dare_ties": "dare_ties", "dare_linear": "dare_linear"}
@@ -693,12 +693,7 @@ def load_baseline(folder: str | Path, base: str | None = None, *, accept_changed
 
     folder = Path(folder)
     path = folder / BASELINE_FILE
-    if not path.is_file():
-        raise LoramixError(f"{path}: missing; not a loramix baseline folder")
-    try:
-        recipe = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LoramixError(f"{path}: not valid JSON ({err})") from None
+    recipe = read_json(path, "missing; not a loramix baseline folder")
     kind = recipe.get("kind")
     if kind not in BASELINE_KINDS:
         raise unknown_name("baseline kind", str(kind), BASELINE_KINDS)
