@@ -98,3 +98,16 @@ def test_bad_trace_rows_name_the_line(tmp_path):
     f.write_text('{"prompt": "a", "completion": "b"}\n{oops\n')
     with pytest.raises(DataError, match=r"t.jsonl: line 2: invalid JSON"):
         read_traces(f)
+
+
+def test_router_learning_rate_gets_its_own_param_group(setup, tmp_path):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from loramix.train.trainer import MixtureTrainer
+
+    root, experts, _ = setup
+    mix = loramix.compose(AutoModelForCausalLM.from_pretrained(root / "base"), experts, attention_lora_rank=2)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to=[], use_cpu=True)
+    opt = MixtureTrainer(model=mix, args=args, router_learning_rate=0.05).create_optimizer()
+    lrs = sorted((g["lr"], sum(p.numel() for p in g["params"])) for g in opt.param_groups)
+    assert lrs == [(1e-3, mix.parameter_report()["attention_lora"]), (0.05, mix.parameter_report()["router"])]

@@ -147,6 +147,7 @@ class Pipeline:
                     base=self.base, experts=experts, traces=traces, out=str(self.path("methods", name)),
                     router=router, top_k=top_k, router_kwargs=kwargs, attention_lora_rank=rc.attention_lora_rank,
                     attention_lora_alpha=rc.attention_lora_alpha, learning_rate=rc.learning_rate,
+                    router_learning_rate=rc.router_learning_rate,
                     num_train_epochs=rc.num_train_epochs, max_steps=rc.max_steps, batch_size=rc.batch_size,
                     warmup_ratio=rc.warmup_ratio, lr_scheduler_type=rc.lr_scheduler_type,
                     max_length=self.r.max_length, seed=self.r.seed, progress=self.progress))

@@ -48,6 +48,7 @@ class RouterStage:
     num_train_epochs: float = 1.0
     max_steps: int = -1
     learning_rate: float = 1e-3
+    router_learning_rate: float | None = None
     batch_size: int = 16
     attention_lora_rank: int = 8
     attention_lora_alpha: float | None = None

@@ -218,18 +218,6 @@ def _make_trainer_class():
             self.remix_config = remix_config
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by GA steps
 
-        def create_optimizer(self, model=None):
-            cfg = self.remix_config
-            if self.optimizer is None and cfg.router_lr is not None:
-                opt_model = self.model if model is None else model
-                router = [p for n, p in opt_model.named_parameters() if p.requires_grad and n.startswith("routers.")]
-                rest = [p for n, p in opt_model.named_parameters() if p.requires_grad and not n.startswith("routers.")]
-                groups = [{"params": rest, "weight_decay": self.args.weight_decay},
-                          {"params": router, "weight_decay": 0.0, "lr": cfg.router_lr}]
-                self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
-                return self.optimizer
-            return super().create_optimizer(model)
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             cfg = self.remix_config
             mix = self.accelerator.unwrap_model(model)
@@ -341,7 +329,8 @@ def fit_remix(config: ReMixConfig):
         ddp_find_unused_parameters=True,  # experts no token chose this step get no gradient
         use_cpu=not torch.cuda.is_available())
     trainer = _make_trainer_class()(model=mixture, args=args, train_dataset=dataset,
-                                    data_collator=pad_collator(tok.pad_token_id), remix_config=config)
+                                    data_collator=pad_collator(tok.pad_token_id), remix_config=config,
+                                    router_learning_rate=config.router_lr)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t0

@@ -44,6 +44,7 @@ class RouterTrainConfig:
     load_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
     learning_rate: float = 1e-3
+    router_learning_rate: float | None = None  # None: learning_rate
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.03
     num_train_epochs: float = 1.0
@@ -83,7 +84,8 @@ def train_router(cfg: RouterTrainConfig) -> Path:
     mixture.record_routing = False
     work = out.with_name(out.name + ".partial")
     trainer = MixtureTrainer(model=mixture, args=_training_args(cfg, work), train_dataset=data,
-                             data_collator=pad_collator(tok.pad_token_id), callbacks=[RouterStepCallback()])
+                             data_collator=pad_collator(tok.pad_token_id), callbacks=[RouterStepCallback()],
+                             router_learning_rate=cfg.router_learning_rate)
     resume = last_checkpoint(work)  # the last *complete* checkpoint: a kill mid-save leaves a torn one
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -24,9 +24,23 @@ class MixtureTrainer(Trainer):
     ESS of the weights tokens used: k for ReMix, toward 1 for a collapsing soft router), so
     ``train_log.json`` shows collapse over steps."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, router_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.router_learning_rate = router_learning_rate
         self._step_metrics: dict[str, list[float]] = {}
+
+    def create_optimizer(self, model=None):
+        """AdamW with the routers in their own group when ``router_learning_rate`` is set (a gate is
+        a few thousand weights and may want a much larger rate than the LoRAs); else the stock one."""
+        if self.optimizer is None and self.router_learning_rate is not None:
+            params = [(n, p) for n, p in (model or self.model).named_parameters() if p.requires_grad]
+            router = [p for n, p in params if n.startswith("routers.")]
+            rest = [p for n, p in params if not n.startswith("routers.")]
+            groups = [{"params": rest, "weight_decay": self.args.weight_decay},
+                      {"params": router, "weight_decay": 0.0, "lr": self.router_learning_rate}]
+            self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.args.learning_rate)
+            return self.optimizer
+        return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
