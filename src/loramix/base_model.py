@@ -439,25 +439,12 @@ def base_info(path: str | Path) -> dict[str, Any]:
 # --- evaluation ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def greedy_completions(model, tok, prompts: Sequence[str], *, batch_size: int = 64,
                        max_new_tokens: int = 256) -> list[str]:
     """Greedy completions of `prompts`, batched with left padding, stopping at `<eos>`."""
-    tok.padding_side = "left"
-    outs: list[str] = []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    res: dict[int, str] = {}
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(
-            **enc, do_sample=False, max_new_tokens=max_new_tokens,
-            pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-        )
-        for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
-            res[i] = tok.decode(row, skip_special_tokens=True)
-    outs = [res[i] for i in range(len(prompts))]
-    return outs
+    from loramix.generation import generate
+
+    return [c[0].text for c in generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
 
 
 __all__ = [
