@@ -134,7 +134,9 @@ class MixtureModel(nn.Module):
         site.routing = routing
         if self.record_routing:
             rec = (routing.indices.detach(), routing.weights.detach(), routing.probs.detach())
-            site.trace = [rec] if site.trace is None else site.trace + [rec]
+            if site.trace is None:
+                site.trace = []
+            site.trace.append(rec)  # one record per call: decoding appends, no list copy per step
 
     def reset_routing_trace(self) -> None:
         for site in self.sites:

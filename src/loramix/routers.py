@@ -70,16 +70,19 @@ def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None,
         ww = w.expand(*shape, num_experts)
         return Routing(idx, ww, ww / w.sum().clamp_min(1e-12), dense=True)
     if sequence_experts is not None:
-        ids = torch.as_tensor(sequence_experts, device=device).long()
+        ids = torch.as_tensor(sequence_experts).long()
         if ids.shape[0] != shape[0]:
             raise LoramixError(f"sequence_experts has {ids.shape[0]} ids for a batch of {shape[0]}")
-        idx = ids.view(-1, *([1] * (len(shape) - 1))).expand(*shape).unsqueeze(-1)
+        # checked where the ids were given (usually the CPU), so decoding pays no device sync
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
+            raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
+        idx = ids.to(device).view(-1, *([1] * (len(shape) - 1))).expand(*shape).unsqueeze(-1)
     else:
         if expert is None:
             raise LoramixError("fixed routing needs an expert, sequence_experts or weights")
+        if not 0 <= int(expert) < num_experts:
+            raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
         idx = torch.full((*shape, 1), int(expert), dtype=torch.long, device=device)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_experts):  # an empty batch is fine
-        raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
     probs = F.one_hot(idx[..., 0], num_experts).float()
     return Routing(idx, torch.ones(idx.shape, device=device), probs)
 
