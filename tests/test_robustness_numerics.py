@@ -60,14 +60,14 @@ def test_experts_without_tokens_and_empty_batches(tokens):
     x = torch.randn(tokens, 8, generator=gen)
     for expert in range(4):  # every token to one expert: the other three get none
         routing = fixed_routing((tokens,), 4, "cpu", expert=expert)
-        y = routed_lora(x, routing, A, Bt, scale, scale.tolist(), [2, 3, 0, 4])
+        y = routed_lora(x, routing, A, Bt, scale, [2, 3, 0, 4])
         ref = scale[expert] * (x @ A[expert].T @ B[expert].T)
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     empty = torch.zeros(0, 8)
     for path in ("small", "grouped"):
         routing = fixed_routing((0,), 4, "cpu", expert=1)
         y = (small_lora(empty, routing, A, Bt, scale) if path == "small"
-             else grouped_lora(empty, routing, A, Bt, scale.tolist(), [2, 3, 0, 4]))
+             else grouped_lora(empty, routing, A, Bt, scale, [2, 3, 0, 4]))
         assert y.shape == (0, 6)
 
 
@@ -152,9 +152,9 @@ def test_small_decode_path_equals_grouped_path(tokens, experts, din, dout, k, dt
         routing = router(x)
         xs, As, Bts = x.to(dtype), A.to(dtype), Bt.to(dtype)
         small = small_lora(xs, routing, As, Bts, scale)
-        grouped = grouped_lora(xs, routing, As, Bts, scale.tolist(), ranks)
+        grouped = grouped_lora(xs, routing, As, Bts, scale, ranks)
         assert tokens * k <= SMALL_ASSIGNMENTS
-        via = routed_lora(xs, routing, As, Bts, scale, scale.tolist(), ranks)  # dispatches to small
+        via = routed_lora(xs, routing, As, Bts, scale, ranks)  # dispatches to small
     assert torch.equal(via, small)
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     mag = float(grouped.float().abs().max().clamp_min(1.0))

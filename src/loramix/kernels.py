@@ -2,12 +2,15 @@
 ``e = indices[t, j]`` a token chose.
 
 * Sparse routing (hard, top-k, ReMix) groups tokens by expert: one stable sort per routing decision
-  (shared by every projection of the group), then one matmul pair per expert that has tokens. Only
-  chosen experts are computed, so cost stays flat in the number of experts.
+  (shared by every projection of the group), then one grouped GEMM per LoRA factor
+  (``torch._grouped_mm``; a matmul pair per expert on torch without it). Only chosen experts are
+  computed, so cost stays flat in the number of experts.
+* A few tokens (decoding) skip the sort: each gathers its experts' A and B and two ``bmm`` run.
 * Dense routing (soft) is two matmuls over the concatenated experts, i.e. PEFT's "cat" layout.
 
 Expert weights are stacked: ``A [E, r, in]`` and ``Bt [E, r, out]`` (B transposed, so that the
-dense path is a view), zero-padded to the largest rank; ``ranks[e]`` slices the padding away.
+dense path is a view), zero-padded to the largest rank (the padding multiplies to zero). ``scale[e]``
+(alpha / r) multiplies expert e's delta; ``scale=None`` means it is already folded into ``Bt``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,20 @@ class DispatchPlan:
 
     token: torch.Tensor  # [T*k] token index of each sorted assignment
     weights: torch.Tensor  # [T*k] routing weight of each sorted assignment (keeps the router's grad)
-    counts: list[int]
-    inverse: torch.Tensor | None = None  # [T*k] position of each (token, slot) assignment in sorted order
+    expert: torch.Tensor  # [T*k] expert of each sorted assignment
+    counts: torch.Tensor  # [E] assignments per expert (on the routing's device: no host sync)
+    inverse: torch.Tensor  # [T*k] position of each (token, slot) assignment in sorted order
     x_key: tuple | None = None  # identity of the last input gathered (gate_proj and up_proj share it)
     x_ref: torch.Tensor | None = None  # keeps that input alive, so its storage cannot be reused
     x_sorted: torch.Tensor | None = None  # x.index_select(0, token) for that input
+    _offsets: torch.Tensor | None = None
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """int32 end offset of each expert's group, as ``torch._grouped_mm`` takes them."""
+        if self._offsets is None:
+            self._offsets = self.counts.cumsum(0).to(torch.int32)
+        return self._offsets
 
 
 def dispatch_plan(routing: Routing) -> DispatchPlan:
@@ -37,11 +49,11 @@ def dispatch_plan(routing: Routing) -> DispatchPlan:
         k = routing.indices.shape[-1]
         flat = routing.indices.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=routing.num_experts).tolist()
+        counts = torch.bincount(flat, minlength=routing.num_experts)
         token = order if k == 1 else torch.div(order, k, rounding_mode="floor")
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        routing._plan = DispatchPlan(token, routing.weights.reshape(-1)[order], counts, inverse)
+        routing._plan = DispatchPlan(token, routing.weights.reshape(-1)[order], flat[order], counts, inverse)
     return routing._plan
 
 
@@ -53,67 +65,109 @@ def _sorted_input(plan: DispatchPlan, x: torch.Tensor) -> torch.Tensor:
     return plan.x_sorted
 
 
+_GROUPED_MM: dict[tuple, bool] = {}
+
+
+def has_grouped_mm(x: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` (one grouped GEMM over all experts) runs here: probed once per
+    device type and dtype. It also wants rows aligned to 16 bytes (input, rank and output sizes)."""
+    key = (x.device.type, x.dtype)
+    if key not in _GROUPED_MM:
+        ok = hasattr(torch, "_grouped_mm")
+        if ok:
+            try:
+                a = torch.zeros(4, 8, device=x.device, dtype=x.dtype)
+                w = torch.zeros(2, 8, 8, device=x.device, dtype=x.dtype)
+                torch._grouped_mm(a, w, offs=torch.tensor([2, 4], device=x.device, dtype=torch.int32))
+            except (RuntimeError, NotImplementedError, TypeError):
+                ok = False
+        _GROUPED_MM[key] = ok
+    if not _GROUPED_MM[key]:
+        return False
+    return all(n * x.element_size() % 16 == 0 for n in (A.shape[-1], A.shape[-2], Bt.shape[-1]))
+
+
+def _scaled(w: torch.Tensor, scale: torch.Tensor | None, experts: torch.Tensor) -> torch.Tensor:
+    """Routing weights times each assignment's expert scale (unless the scale is folded into B)."""
+    return w if scale is None else w * scale.to(device=w.device, dtype=w.dtype).index_select(0, experts)
+
+
 def grouped_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
-                 scale: list[float], ranks: list[int]) -> torch.Tensor:
+                 scale: torch.Tensor | None, ranks: list[int]) -> torch.Tensor:
     """Sparse path. x: [T, in] -> [T, out].
 
-    Gathers x once in expert order, runs one matmul pair per expert into a sorted output (the routing
-    weight and scale multiply the rank-r intermediate, not the output), then un-permutes by a gather
-    (``inverse``) rather than a scatter-add into a zero buffer: on CPU ``index_add_`` and the zero fill
-    were a third of the hard path's time.
+    Gathers x once in expert order, multiplies each group by its expert (the routing weight and scale
+    multiply the rank-r intermediate, not the output), then un-permutes by a gather (``inverse``).
+    The grouped multiply is one ``torch._grouped_mm`` per factor where torch has it: a fixed number of
+    ops, whatever E is, and no host sync. Elsewhere it is one matmul pair per expert that has tokens.
+    Zero padding past an expert's rank contributes zero.
     """
     plan = dispatch_plan(routing)
-    weights = plan.weights.to(x.dtype)
+    unit = routing.unit_weights and scale is None
+    w = None if unit else _scaled(plan.weights.to(x.dtype), scale, plan.expert)
     xs = _sorted_input(plan, x)
     k = routing.indices.shape[-1]
     T, out_features = x.shape[0], Bt.shape[-1]
+    if has_grouped_mm(x, A, Bt):
+        h = torch._grouped_mm(xs, A.transpose(1, 2), offs=plan.offsets)
+        y = torch._grouped_mm(h if unit else h * w[:, None], Bt, offs=plan.offsets)
+    else:
+        y = _looped_lora(xs, w, plan.counts.tolist(), A, Bt, ranks)
+    y = y.index_select(0, plan.inverse)
+    return y if k == 1 else y.view(T, k, out_features).sum(1)
+
+
+def _looped_lora(xs: torch.Tensor, w: torch.Tensor | None, counts: list[int], A: torch.Tensor, Bt: torch.Tensor,
+                 ranks: list[int]) -> torch.Tensor:
+    """One matmul pair per expert that has tokens (torch without ``_grouped_mm``)."""
+    out_features = Bt.shape[-1]
     if A.requires_grad or Bt.requires_grad:  # trainable experts: one UnbindBackward, not E full-size
         A, Bt = A.unbind(0), Bt.unbind(0)      # zero gradients from E slice backwards
     parts, start = [], 0
-    for e, count in enumerate(plan.counts):
+    for e, count in enumerate(counts):
         if count:
-            rows = slice(start, start + count)
-            r = ranks[e]
+            rows, r = slice(start, start + count), ranks[e]
             if r:
-                h = (xs[rows] @ A[e][:r].T) * (weights[rows, None] * scale[e])
-                parts.append(h @ Bt[e][:r])
+                h = xs[rows] @ A[e][:r].T
+                parts.append((h if w is None else h * w[rows, None]) @ Bt[e][:r])
             else:
                 parts.append(xs.new_zeros(count, out_features))
         start += count
     if not parts:
-        return x.new_zeros(T, out_features)
-    y = parts[0] if len(parts) == 1 else torch.cat(parts)
-    y = y.index_select(0, plan.inverse)
-    return y if k == 1 else y.view(T, k, out_features).sum(1)
+        return xs.new_zeros(0, out_features)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 SMALL_ASSIGNMENTS = 32  # at most this many token-expert assignments: per-token gathered weights + bmm
 
 
 def small_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
-               scale: torch.Tensor) -> torch.Tensor:
+               scale: torch.Tensor | None) -> torch.Tensor:
     """Sparse path for a few tokens (decoding): gather each assignment's A and B and use two bmm, with
     no sort and no per-expert loop. Zero padding past an expert's rank contributes zero. x: [T, in]."""
     T, k = x.shape[0], routing.indices.shape[-1]
     idx = routing.indices.reshape(-1)
-    w = routing.weights.reshape(-1).to(x.dtype) * scale.to(device=x.device, dtype=x.dtype).index_select(0, idx)
     xr = x if k == 1 else x.repeat_interleave(k, dim=0)
-    h = torch.bmm(A.index_select(0, idx), xr.unsqueeze(-1)).squeeze(-1) * w[:, None]  # [T*k, r]
+    h = torch.bmm(A.index_select(0, idx), xr.unsqueeze(-1)).squeeze(-1)  # [T*k, r]
+    if not (routing.unit_weights and scale is None):
+        h = h * _scaled(routing.weights.reshape(-1).to(x.dtype), scale, idx)[:, None]
     y = torch.bmm(h.unsqueeze(1), Bt.index_select(0, idx)).squeeze(1)  # [T*k, out]
     return y if k == 1 else y.view(T, k, -1).sum(1)
 
 
 def dense_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
-               scale: torch.Tensor) -> torch.Tensor:
+               scale: torch.Tensor | None) -> torch.Tensor:
     """Dense path (every expert, weighted). x: [T, in] -> [T, out]."""
     E, r, _ = A.shape
-    w = routing.weights.reshape(-1, E).to(x.dtype) * scale.to(x.dtype)
+    w = routing.weights.reshape(-1, E).to(x.dtype)
+    if scale is not None:
+        w = w * scale.to(device=x.device, dtype=x.dtype)
     h = (x @ A.reshape(E * r, -1).T).view(-1, E, r) * w[:, :, None]
     return h.reshape(-1, E * r) @ Bt.reshape(E * r, -1)
 
 
 def routed_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
-                scale: torch.Tensor, scale_list: list[float], ranks: list[int]) -> torch.Tensor:
+                scale: torch.Tensor | None, ranks: list[int]) -> torch.Tensor:
     """The LoRA delta for ``x [..., in]`` under ``routing`` (leading shape ``[...]``)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -122,5 +176,5 @@ def routed_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Te
     elif x2.shape[0] * routing.indices.shape[-1] <= SMALL_ASSIGNMENTS:
         y = small_lora(x2, routing, A, Bt, scale)
     else:
-        y = grouped_lora(x2, routing, A, Bt, scale_list, ranks)
+        y = grouped_lora(x2, routing, A, Bt, scale, ranks)
     return y.view(*lead, -1)

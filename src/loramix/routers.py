@@ -36,6 +36,7 @@ class Routing:
     probs:   [..., E] the router distribution the choice was made from (fp32).
     logits:  [..., E] the gate logits, or None for routers without a gate.
     log_prob: [...] log-probability of a sampled selection (ReMix, for RLOO), else None.
+    unit_weights: every weight is exactly 1 and carries no gradient (kernels skip the multiply).
     """
 
     indices: torch.Tensor
@@ -44,6 +45,7 @@ class Routing:
     logits: torch.Tensor | None = None
     log_prob: torch.Tensor | None = None
     dense: bool = False
+    unit_weights: bool = False
     _plan: object = field(default=None, repr=False, compare=False)  # kernels' cached dispatch plan
 
     @property
@@ -84,7 +86,7 @@ def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None,
             raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
         idx = torch.full((*shape, 1), int(expert), dtype=torch.long, device=device)
     probs = F.one_hot(idx[..., 0], num_experts).float()
-    return Routing(idx, torch.ones(idx.shape, device=device), probs)
+    return Routing(idx, torch.ones(idx.shape, device=device), probs, unit_weights=True)
 
 
 class Router(nn.Module):
@@ -122,6 +124,8 @@ class HardRouter(Router):
 
     def select(self, logits, probs):
         idx = sorted_topk(probs, self.top_k)
+        if not probs.requires_grad:  # inference: the straight-through weight is exactly 1
+            return Routing(idx, torch.ones(idx.shape, device=idx.device), probs, logits, unit_weights=True)
         p = probs.gather(-1, idx)
         return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
 
