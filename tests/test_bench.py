@@ -33,6 +33,20 @@ def test_bench_tiny_cli_writes_rows_targets_and_png(tmp_path):
     assert png.is_file() and png.stat().st_size > 0
     assert "| method | E |" in res.output and "| target |" in res.output
 
+    # the README's section is generated from the JSON, without timing anything again
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nstale table\n<!-- bench:end -->\nrest\n")
+    res = CliRunner().invoke(app, ["bench", "--from-json", str(out), "--readme", str(readme)])
+    assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- bench:start -->") and text.endswith("<!-- bench:end -->\nrest\n")
+    assert "stale table" not in text and f"--from-json {out}" in text and "| hard | 2 |" in text
+    assert text.count("| peft_lora | - |") == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [{"method": "x"}]}')
+    res = CliRunner().invoke(app, ["bench", "--from-json", str(bad)])
+    assert isinstance(res.exception, LoramixError) and str(bad) in str(res.exception)
+
 
 def test_bench_option_errors():
     assert parse_list("2, 8,32", int, "--experts") == (2, 8, 32)
