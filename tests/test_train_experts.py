@@ -124,6 +124,33 @@ def test_sft_and_sft_warmup_then_grpo(base_dir, tmp_path):
     assert tensors(both).keys() == tensors(sft).keys()  # the same LoraConfig
 
 
+def test_grpo_from_an_sft_expert_equals_warmup_then_grpo(base_dir, tmp_path):
+    """GRPO started from a finished SFT expert (`init_adapter`, what the pipeline does to train each
+    SFT expert once) is the same run as SFT warm-up + GRPO in one command, reported as sft+grpo, with
+    the SFT expert's time counted; the SFT expert itself is left untouched."""
+    from loramix.io import sha256_file
+
+    sft = train_expert(small(base_dir, tmp_path / "sft", method="sft", steps=2))
+    sft_sha = sha256_file(sft / "adapter_model.safetensors")
+    warm = train_expert(small(base_dir, tmp_path / "warm", sft_warmup_steps=2, steps=2))
+    init = train_expert(small(base_dir, tmp_path / "init", init_adapter=sft, steps=2))
+    a, b = tensors(warm), tensors(init)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sha256_file(sft / "adapter_model.safetensors") == sft_sha
+    m, ms = json.loads((init / "metrics.json").read_text()), json.loads((sft / "metrics.json").read_text())
+    assert m["method"] == "sft+grpo" and m["steps"] == 4 and [p["method"] for p in m["phases"]] == ["grpo"]
+    assert m["init_adapter"]["adapter_sha256"] == sft_sha and m["init_adapter"]["method"] == "sft"
+    assert m["train_seconds"] == pytest.approx(m["phases"][0]["train_seconds"] + ms["train_seconds"], abs=0.02)
+
+    with pytest.raises(LoramixError, match="init_adapter.*not both"):
+        train_expert(small(base_dir, tmp_path / "x", init_adapter=sft, sft_warmup_steps=1))
+    with pytest.raises(LoramixError, match="init_adapter.*r is 4.*lora_r=8"):
+        train_expert(small(base_dir, tmp_path / "x", init_adapter=sft, lora_r=8))
+    with pytest.raises(LoramixError, match="not a PEFT adapter folder"):
+        train_expert(small(base_dir, tmp_path / "x", init_adapter=tmp_path))
+    assert not (tmp_path / "x").exists()
+
+
 def test_sft_loss_is_on_completion_tokens_only(base_dir, tmp_path):
     """The SFT dataset is prompt/completion, so TRL masks the prompt out of the labels."""
     from datasets import Dataset
@@ -248,7 +275,7 @@ def test_cli_defaults_match_the_config():
 
     from loramix.cli import train_expert_cmd
 
-    names = {"lr": "learning_rate", "rank": "lora_r", "alpha": "lora_alpha"}
+    names = {"lr": "learning_rate", "sft_lr": "sft_learning_rate", "rank": "lora_r", "alpha": "lora_alpha"}
     defaults = {f.name: f.default for f in fields(ExpertTrainConfig)}
     for p in inspect.signature(train_expert_cmd).parameters.values():
         key = names.get(p.name, p.name)

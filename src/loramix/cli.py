@@ -174,6 +174,9 @@ def train_expert_cmd(
     max_completion_length: Optional[int] = typer.Option(
         None, "--max-completion-length", help="Tokens per completion (default: longest reference + 25%)."),
     lr: float = typer.Option(5e-4, "--lr", "--learning-rate", help="Learning rate."),
+    sft_lr: Optional[float] = typer.Option(None, "--sft-lr", help="Learning rate of the SFT phase (default: --lr)."),
+    init_adapter: Optional[Path] = typer.Option(
+        None, "--init-adapter", help="Start from this PEFT adapter, e.g. the same-size SFT expert (reported as sft+grpo)."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank r."),
     alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
     beta: float = typer.Option(0.0, "--beta", help="GRPO KL coefficient (0: no reference model)."),
@@ -192,8 +195,8 @@ def train_expert_cmd(
     config = ExpertTrainConfig(
         task=task, base=base, out=out, method=method, sft_warmup_steps=sft_warmup_steps, steps=steps,
         batch_size=batch_size, num_generations=num_generations, temperature=temperature,
-        max_completion_length=max_completion_length, learning_rate=lr, lora_r=rank, lora_alpha=alpha,
-        beta=beta, difficulty=difficulty, n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
+        max_completion_length=max_completion_length, learning_rate=lr, sft_learning_rate=sft_lr,
+        init_adapter=init_adapter, lora_r=rank, lora_alpha=alpha, beta=beta, difficulty=difficulty, n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
         threads=threads, force=force, progress=not quiet,
     )
     train_expert(config, console=console)
@@ -494,10 +497,20 @@ def bench(
     experts: Optional[str] = typer.Option(None, help="Comma-separated expert counts, e.g. 2,8,32 (default: the size's)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated subset of base,peft_lora,hard,soft,remix,xlora,arrow."),
     repeats: Optional[int] = typer.Option(None, help="Timed rounds per method (median reported)."),
+    from_json: Optional[Path] = typer.Option(None, "--from-json", help="Do not time: print (and --readme) the tables of this bench JSON."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Write the tables into this README's bench section (needs --json or --from-json)."),
 ) -> None:
-    """Time routed LoRA experts against the base model, PEFT LoRA, X-LoRA and Arrow (issue 6)."""
-    from loramix.bench import markdown_tables, parse_list, pick_size, run_bench
+    """Time routed LoRA experts against the base model, PEFT LoRA, X-LoRA and Arrow."""
+    from loramix.bench import load_result, markdown_tables, parse_list, pick_size, run_bench, update_readme
 
+    if from_json is not None:
+        result = load_result(from_json)
+        console.print(markdown_tables(result), markup=False, highlight=False, soft_wrap=True)
+        if readme is not None:
+            console.print(f"updated {update_readme(result, from_json, readme)}", highlight=False)
+        return
+    if readme is not None and json_out is None:
+        raise LoramixError("--readme: also give --json, so the README names the file its tables come from")
     png = png or (json_out.with_suffix(".png") if json_out else Path("runs/bench.png"))
     result = run_bench(pick_size(quick, tiny), device=device, experts=parse_list(experts, int, "--experts"),
                        methods=parse_list(methods, str, "--methods"),
@@ -506,6 +519,8 @@ def bench(
     console.print(markdown_tables(result), markup=False, highlight=False, soft_wrap=True)
     where = f"{json_out} and {png}" if json_out else str(png)
     console.print(f"wrote {where} ({result.meta['total_seconds']:.0f}s)", highlight=False, soft_wrap=True)
+    if readme is not None:
+        console.print(f"updated {update_readme(result, json_out, readme)}", highlight=False)
 
 
 

@@ -80,12 +80,19 @@ class Pipeline:
         from loramix.train.experts import ExpertTrainConfig, train_expert
 
         e = self.r.expert
-        for method, family in (("grpo", "expert_rl"), ("sft", "expert_sft")):
-            if family == "expert_sft" and not self.want(family):
+        if e.grpo_from_sft and e.sft_warmup_steps:
+            raise LoramixError("recipe expert: grpo_from_sft reuses the SFT expert as the warm-up; "
+                               "set sft_warmup_steps to 0")
+        order = (("sft", "expert_sft"), ("grpo", "expert_rl")) if e.grpo_from_sft else \
+            (("grpo", "expert_rl"), ("sft", "expert_sft"))
+        for method, family in order:
+            if family == "expert_sft" and not (self.want(family) or e.grpo_from_sft):
                 continue
             for task in self.r.tasks:
+                init = self.path("experts", "sft", task) if method == "grpo" and e.grpo_from_sft else None
                 cfg = ExpertTrainConfig(
                     task=task, out=self.path("experts", "rl" if method == "grpo" else "sft", task), base=self.base,
+                    init_adapter=init,
                     method=method, sft_warmup_steps=e.sft_warmup_steps if method == "grpo" else 0,
                     steps=e.steps if method == "grpo" else e.sft_steps, batch_size=e.batch_size,
                     num_generations=e.num_generations, temperature=e.temperature,

@@ -19,6 +19,7 @@ class ExpertStage:
     steps: int = 60
     sft_steps: int = 60
     sft_warmup_steps: int = 0
+    grpo_from_sft: bool = False  # the RL expert's GRPO starts from the same task's SFT expert (sft+grpo)
     batch_size: int = 64
     num_generations: int = 8
     temperature: float = 1.0

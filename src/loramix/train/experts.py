@@ -53,6 +53,7 @@ class ExpertTrainConfig:
     max_completion_length: int | None = None  # None: longest reference completion + 25%
     learning_rate: float = 5e-4
     sft_learning_rate: float | None = None  # the SFT phase's rate (method=sft or the warm-up); None: learning_rate
+    init_adapter: str | Path | None = None  # start from this PEFT adapter (e.g. the same-size SFT expert)
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -71,12 +72,17 @@ class ExpertTrainConfig:
 
     @property
     def run_method(self) -> str:
+        """How the adapter was made: grpo, sft, sft+grpo (warm-up here or in the init adapter), or
+        init+grpo / init+sft (from an adapter whose method is unknown)."""
+        if self.init_adapter is not None:
+            return f"{init_method(self.init_adapter)}+{self.method}"
         return "sft+grpo" if self.method == "grpo" and self.sft_warmup_steps > 0 else self.method
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the result (compared on resume / rerun)."""
         d = {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS}
         d["base"] = str(d["base"])
+        d["init_adapter"] = None if d["init_adapter"] is None else str(d["init_adapter"])
         d["target_modules"] = list(d["target_modules"])
         return d
 
@@ -102,6 +108,21 @@ class ExpertTrainConfig:
             raise bad("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps!r}")
         if self.sft_warmup_steps and self.method != "grpo":
             raise bad("sft_warmup_steps", "only applies to --method grpo (SFT warm-up, then GRPO)")
+        if self.init_adapter is not None:
+            if self.sft_warmup_steps:
+                raise bad("init_adapter", "give either an init adapter or SFT warm-up steps, not both")
+            init = Path(self.init_adapter)
+            missing = [f for f in ADAPTER_FILES if not (init / f).is_file()]
+            if missing:
+                raise bad("init_adapter", f"{init} is not a PEFT adapter folder (missing {', '.join(missing)})")
+            try:
+                acfg = json.loads((init / "adapter_config.json").read_text())
+            except json.JSONDecodeError as e:
+                raise LoramixError(f"{init / 'adapter_config.json'}: not valid JSON ({e})") from None
+            for field_name, key in (("lora_r", "r"), ("lora_alpha", "lora_alpha")):
+                if key in acfg and float(acfg[key]) != float(getattr(self, field_name)):
+                    raise bad("init_adapter", f"{init / 'adapter_config.json'}: {key} is {acfg[key]}, "
+                                              f"but this run asks for {field_name}={getattr(self, field_name)}")
         if self.max_completion_length is not None and self.max_completion_length < 1:
             raise bad("max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
         if not self.target_modules:
@@ -115,6 +136,27 @@ class ExpertTrainConfig:
             if self.n_train < self.batch_size // self.num_generations:
                 raise bad("n_train", f"{self.n_train} prompts is fewer than the "
                                      f"{self.batch_size // self.num_generations} prompts of one step")
+
+
+def init_method(adapter: str | Path) -> str:
+    """The method recorded in an init adapter's metrics.json (a loramix expert), else "init"."""
+    try:
+        method = json.loads((Path(adapter) / METRICS_FILE).read_text()).get("method")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "init"
+    return method if method in ("sft", "grpo", "sft+grpo") else "init"
+
+
+def _init_record(adapter: Path) -> dict:
+    from loramix.io import sha256_file
+
+    try:
+        prior = json.loads((adapter / METRICS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        prior = {}
+    return {"path": str(adapter), "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
+            "method": init_method(adapter), "train_seconds": float(prior.get("train_seconds", 0.0) or 0.0),
+            "steps": int(prior.get("steps", 0) or 0)}
 
 
 # --- output folder state ----------------------------------------------------------------------------
@@ -342,6 +384,9 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
     # the partial folder: reuse it only if it was started with the same config and base weights
     saved = work / CONFIG_FILE
     ident = {**ident, "base_weights_sha256": base_sha}
+    init = _init_record(Path(cfg.init_adapter)) if cfg.init_adapter is not None else None
+    if init is not None:
+        ident["init_adapter_sha256"] = init["adapter_sha256"]
     if saved.is_file():
         prev = json.loads(saved.read_text())
         diff = _config_diff(prev, ident)
@@ -384,7 +429,7 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
             phases.append(("sft", cfg.sft_warmup_steps))
         phases.append(("grpo", cfg.steps))
 
-    adapter: Path | None = None
+    adapter: Path | None = Path(cfg.init_adapter) if cfg.init_adapter is not None else None
     records = []
     for kind, steps in phases:
         adapter, rec = _run_phase(kind, steps, cfg, base_path, work, task, train_exs, mcl, adapter,
@@ -408,12 +453,13 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
     grpo_hist = next((r["log_history"] for r in records if r["method"] == "grpo"), [])
     sft_hist = next((r["log_history"] for r in records if r["method"] == "sft"), [])
     recorded_config = {**asdict(cfg), "out": str(cfg.out), "base": str(cfg.base),
+                       "init_adapter": None if cfg.init_adapter is None else str(cfg.init_adapter),
                        "target_modules": list(cfg.target_modules)}
     metrics = {
         "task": task.name,
         "method": cfg.run_method,
         "seed": cfg.seed,
-        "steps": sum(r["steps"] for r in records),
+        "steps": sum(r["steps"] for r in records) + (init["steps"] if init else 0),
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "reward_before": before["reward"],
@@ -423,8 +469,10 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
         "reward_curve": _curve(grpo_hist, {"reward": "reward", "reward_std": "reward_std", "loss": "loss",
                                            "completions/mean_length": "mean_length"}),
         "loss_curve": _curve(sft_hist, {"loss": "loss", "mean_token_accuracy": "token_accuracy"}),
-        "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
+        # wall-clock of everything that made this adapter, an init adapter's own training included
+        "train_seconds": round(sum(r["train_seconds"] for r in records) + (init["train_seconds"] if init else 0), 2),
         "phases": [{k: v for k, v in r.items() if k != "log_history"} for r in records],
+        "init_adapter": init,
         "max_completion_length": mcl,
         "config": recorded_config,
         "base": {"path": str(base_path), "weights_sha256": base_sha},
