@@ -173,6 +173,12 @@ def quiet_hf() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    try:  # TRL's dataset preparation ("Tokenizing train dataset", "Building labels", ...) runs datasets.map
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets ships with TRL
+        pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*torch_dtype.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
