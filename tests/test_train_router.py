@@ -111,3 +111,25 @@ def test_router_learning_rate_gets_its_own_param_group(setup, tmp_path):
     opt = MixtureTrainer(model=mix, args=args, router_learning_rate=0.05).create_optimizer()
     lrs = sorted((g["lr"], sum(p.numel() for p in g["params"])) for g in opt.param_groups)
     assert lrs == [(1e-3, mix.parameter_report()["attention_lora"]), (0.05, mix.parameter_report()["router"])]
+
+
+def test_cli_per_layer_router_and_router_options(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from loramix.cli import app
+
+    root, experts, traces = setup
+    out = tmp_path / "cli_mix"
+    res = CliRunner().invoke(app, [
+        "train-router", "--base", str(root / "base"), "--experts", ",".join(experts), "--traces", str(traces),
+        "--out", str(out), "--steps", "2", "--batch-size", "8", "--attention-rank", "0", "--per-layer-router",
+        "--router-lr", "0.02", "--load-balance", "0.01", "--quiet"])
+    assert res.exit_code == 0, res.output
+    conf = json.loads((out / "mixture_config.json").read_text())
+    assert conf["shared_router"] is False
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["router_learning_rate"] == 0.02 and metrics["config"]["load_balance_coef"] == 0.01
+    from transformers import AutoModelForCausalLM
+
+    mix = loramix.load_mixture(out, AutoModelForCausalLM.from_pretrained(root / "base"))
+    assert len(mix.routers) == len(mix.sites) == 2

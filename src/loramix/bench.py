@@ -555,7 +555,8 @@ def markdown_tables(result: BenchResult) -> str:
     head = ["method", "E"]
     for w in workloads:
         head += [f"{w} s", f"{w} ×LoRA"]
-    head += ["peak MiB " + "/".join(workloads), "note"]
+    adapter = result.meta.get("adapter_mib", {})
+    head += ["adapter MiB", "peak MiB " + "/".join(workloads), "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, E in keys:
         cells = [name, "-" if E is None else str(E)]
@@ -566,7 +567,8 @@ def markdown_tables(result: BenchResult) -> str:
             peaks.append(_fmt(r.peak_mem_mib if r else None, ".0f"))
             if r and r.note:
                 notes.add(f"{w}: {r.note}")
-        cells += ["/".join(peaks), "; ".join(sorted(notes))]
+        mib = adapter.get(name + (f"@{E}" if E else ""))
+        cells += [_fmt(mib, ".1f"), "/".join(peaks), "; ".join(sorted(notes))]
         lines.append("| " + " | ".join(cells) + " |")
     t_lines = ["| target | workload | value | threshold | met | detail |", "|---|---|---|---|---|---|"]
     for c in result.targets:

@@ -403,6 +403,10 @@ def train_router_cmd(
     epochs: float = typer.Option(1.0, "--epochs", help="Epochs over the traces (when --steps is -1)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
     lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
+    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="The router's own learning rate (default: --lr)."),
+    per_layer_router: bool = typer.Option(False, "--per-layer-router", help="One router per layer instead of one shared router."),
+    load_balance: float = typer.Option(0.0, "--load-balance", help="Switch load-balancing loss coefficient."),
+    z_loss: float = typer.Option(0.0, "--z-loss", help="Router z-loss coefficient."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -413,7 +417,9 @@ def train_router_cmd(
 
     cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), router=router,
                             top_k=top_k, attention_lora_rank=attention_rank, max_steps=steps,
-                            num_train_epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length,
+                            num_train_epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                            router_learning_rate=router_lr, shared_router=not per_layer_router,
+                            load_balance_coef=load_balance, z_loss_coef=z_loss, max_length=max_length,
                             save_steps=save_steps, seed=seed, progress=not quiet)
     console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)
 
