@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from loramix.bench import METHODS_PER_E, METHODS_SINGLE, SIZES, WORKLOADS, parse_list, pick_size
+from loramix.bench import METHODS_PER_E, METHODS_SINGLE, SIZES, TRAIN_ONLY, WORKLOADS, parse_list, pick_size
 from loramix.cli import app
 from loramix.errors import LoramixError
 
@@ -20,7 +20,9 @@ def test_bench_tiny_cli_writes_rows_targets_and_png(tmp_path):
     data = json.loads(out.read_text())
     assert set(data) >= {"rows", "targets", "meta"}
     n_e = len(SIZES["tiny"].experts)
-    assert len(data["rows"]) == (len(METHODS_SINGLE) + len(METHODS_PER_E) * n_e) * len(WORKLOADS)
+    per_workload = len(METHODS_SINGLE) + len(METHODS_PER_E) * n_e
+    assert len(data["rows"]) == per_workload * len(WORKLOADS) - len(TRAIN_ONLY) * n_e * (len(WORKLOADS) - 1)
+    assert {r["workload"] for r in data["rows"] if r["method"] in TRAIN_ONLY} == {"train"}
     for row in data["rows"]:
         assert {"method", "experts", "workload", "seconds_median", "ratio_vs_peft_lora"} <= set(row)
         assert row["seconds_median"] > 0 and row["ratio_vs_peft_lora"] > 0

@@ -228,3 +228,34 @@ def test_grouped_gemm_and_per_expert_loop_agree_with_gradients(monkeypatch, k, d
     for got, ref in zip(run(True), run(False)):
         assert torch.allclose(got, ref, rtol=tol, atol=tol * float(ref.abs().max().clamp_min(1.0)))
     assert run(True)[3][4:].abs().max() == 0  # idle experts get no gradient
+
+
+def test_full_straight_through_gradient_is_the_soft_gradient_for_a_linear_loss():
+    """``w = onehot(argmax p) - stopgrad(p) + p`` over every expert: the forward is the hard choice,
+    and for a loss linear in the output the router's gradient is exactly the soft mixture's (both are
+    sum_j dL/dp_j * dp_j with dL/dp_j = <c, delta_j>). The "chosen" estimator only sees the chosen
+    expert's term, so it differs."""
+    from loramix.routers import HardRouter, SoftRouter
+
+    g = torch.Generator().manual_seed(5)
+    E, din, dout, T = 4, 16, 8, 12
+    A, Bt = torch.randn(E, 4, din, generator=g), torch.randn(E, 4, dout, generator=g)
+    scale = torch.full((E,), 0.5)
+    x, c = torch.randn(T, din, generator=g), torch.randn(T, dout, generator=g)
+
+    def grad_and_out(router):
+        router.gate.weight.data.copy_(torch.randn(E, din, generator=torch.Generator().manual_seed(1)) * 0.3)
+        router.gate.weight.grad = None
+        y = routed_lora(x, router(x), A, Bt, scale, [4] * E)
+        (y * c).sum().backward()
+        return router.gate.weight.grad.clone(), y.detach()
+
+    full, y_full = grad_and_out(HardRouter(din, E, ste="full").train())
+    chosen, y_chosen = grad_and_out(HardRouter(din, E, ste="chosen").train())
+    soft, _ = grad_and_out(SoftRouter(din, E).train())
+    assert torch.allclose(y_full, y_chosen, atol=1e-5)  # same forward: the hard choice at unit weight
+    assert torch.allclose(full, soft, atol=1e-5)
+    assert not torch.allclose(chosen, soft, atol=1e-3)
+    with torch.no_grad():  # inference is sparse either way
+        routing = HardRouter(din, E, ste="full")(x)
+    assert routing.dense_weights is None and routing.unit_weights

@@ -123,10 +123,11 @@ def test_cli_per_layer_router_and_router_options(setup, tmp_path):
     res = CliRunner().invoke(app, [
         "train-router", "--base", str(root / "base"), "--experts", ",".join(experts), "--traces", str(traces),
         "--out", str(out), "--steps", "2", "--batch-size", "8", "--attention-rank", "0", "--per-layer-router",
-        "--router-lr", "0.02", "--load-balance", "0.01", "--quiet"])
+        "--router-lr", "0.02", "--load-balance", "0.01", "--ste", "chosen", "--quiet"])
     assert res.exit_code == 0, res.output
     conf = json.loads((out / "mixture_config.json").read_text())
     assert conf["shared_router"] is False
+    assert conf["router_kwargs"]["ste"] == "chosen"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["router_learning_rate"] == 0.02 and metrics["config"]["load_balance_coef"] == 0.01
     from transformers import AutoModelForCausalLM

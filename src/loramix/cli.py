@@ -405,6 +405,7 @@ def train_router_cmd(
     lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
     router_lr: Optional[float] = typer.Option(None, "--router-lr", help="The router's own learning rate (default: --lr)."),
     per_layer_router: bool = typer.Option(False, "--per-layer-router", help="One router per layer instead of one shared router."),
+    ste: str = typer.Option("full", "--ste", help="hard/gumbel: straight-through over every expert (full: each expert is computed in training) or the chosen one only (chosen: sparse)."),
     load_balance: float = typer.Option(0.0, "--load-balance", help="Switch load-balancing loss coefficient."),
     z_loss: float = typer.Option(0.0, "--z-loss", help="Router z-loss coefficient."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
@@ -419,6 +420,7 @@ def train_router_cmd(
                             top_k=top_k, attention_lora_rank=attention_rank, max_steps=steps,
                             num_train_epochs=epochs, batch_size=batch_size, learning_rate=lr,
                             router_learning_rate=router_lr, shared_router=not per_layer_router,
+                            router_kwargs={"ste": ste} if router in ("hard", "gumbel") else {},
                             load_balance_coef=load_balance, z_loss_coef=z_loss, max_length=max_length,
                             save_steps=save_steps, seed=seed, progress=not quiet)
     console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)

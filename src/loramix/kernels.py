@@ -155,11 +155,11 @@ def small_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Ten
     return y if k == 1 else y.view(T, k, -1).sum(1)
 
 
-def dense_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
+def dense_lora(x: torch.Tensor, weights: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor,
                scale: torch.Tensor | None) -> torch.Tensor:
-    """Dense path (every expert, weighted). x: [T, in] -> [T, out]."""
+    """Dense path (every expert, weighted by ``weights [..., E]``). x: [T, in] -> [T, out]."""
     E, r, _ = A.shape
-    w = routing.weights.reshape(-1, E).to(x.dtype)
+    w = weights.reshape(-1, E).to(x.dtype)
     if scale is not None:
         w = w * scale.to(device=x.device, dtype=x.dtype)
     h = (x @ A.reshape(E * r, -1).T).view(-1, E, r) * w[:, :, None]
@@ -172,7 +172,9 @@ def routed_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Te
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if routing.dense:
-        y = dense_lora(x2, routing, A, Bt, scale)
+        y = dense_lora(x2, routing.weights, A, Bt, scale)
+    elif routing.dense_weights is not None:  # full straight-through: every expert gets a gradient
+        y = dense_lora(x2, routing.dense_weights, A, Bt, scale)
     elif x2.shape[0] * routing.indices.shape[-1] <= SMALL_ASSIGNMENTS:
         y = small_lora(x2, routing, A, Bt, scale)
     else:

@@ -37,6 +37,9 @@ class Routing:
     logits:  [..., E] the gate logits, or None for routers without a gate.
     log_prob: [...] log-probability of a sampled selection (ReMix, for RLOO), else None.
     unit_weights: every weight is exactly 1 and carries no gradient (kernels skip the multiply).
+    dense_weights: [..., E] straight-through weights over *all* experts whose value is the hard choice
+        (``onehot - stopgrad(p) + p``): kernels then compute every expert, so that each expert's
+        probability gets a gradient (training only); ``indices``/``weights`` still name the choice.
     """
 
     indices: torch.Tensor
@@ -46,6 +49,7 @@ class Routing:
     log_prob: torch.Tensor | None = None
     dense: bool = False
     unit_weights: bool = False
+    dense_weights: torch.Tensor | None = None
     _plan: object = field(default=None, repr=False, compare=False)  # kernels' cached dispatch plan
 
     @property
@@ -117,17 +121,41 @@ class Router(nn.Module):
         return {}
 
 
+def straight_through(idx: torch.Tensor, y: torch.Tensor, probs: torch.Tensor, logits, ste: str) -> Routing:
+    """Hard choice ``idx`` at unit weight, with the straight-through gradient of ``y`` (the router's
+    probabilities, or Gumbel-perturbed ones). ``ste="full"``: ``w = onehot - stopgrad(y) + y`` over
+    every expert, so the backward needs every expert's output (computed densely, in training only);
+    ``ste="chosen"``: only the chosen experts' ``1 + y - stopgrad(y)``, which keeps training sparse
+    but gives the unchosen experts no gradient."""
+    if not y.requires_grad:  # inference: the straight-through weight is exactly 1
+        return Routing(idx, torch.ones(idx.shape, device=idx.device), probs, logits, unit_weights=True)
+    if ste == "full":
+        w = torch.zeros_like(y).scatter_(-1, idx, 1.0) + (y - y.detach())
+        return Routing(idx, w.gather(-1, idx), probs, logits, dense_weights=w)
+    p = y.gather(-1, idx)
+    return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
+
+
+STE_MODES = ("full", "chosen")
+
+
 class HardRouter(Router):
-    """MoR-LoRA: the top-1 (or top-k) experts at unit weight, gradient by straight-through."""
+    """MoR-LoRA: the top-1 (or top-k) experts at unit weight, gradient by straight-through
+    (``ste``: see ``straight_through``; inference computes only the chosen experts either way)."""
 
     kind = "hard"
 
+    def __init__(self, hidden_size, num_experts, top_k=1, ste: str = "full", **kw):
+        super().__init__(hidden_size, num_experts, top_k, **kw)
+        if ste not in STE_MODES:
+            raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
+        self.ste = ste
+
     def select(self, logits, probs):
-        idx = sorted_topk(probs, self.top_k)
-        if not probs.requires_grad:  # inference: the straight-through weight is exactly 1
-            return Routing(idx, torch.ones(idx.shape, device=idx.device), probs, logits, unit_weights=True)
-        p = probs.gather(-1, idx)
-        return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
+        return straight_through(sorted_topk(probs, self.top_k), probs, probs, logits, self.ste)
+
+    def extra_config(self):
+        return {"ste": self.ste}
 
 
 class SoftRouter(Router):
@@ -171,9 +199,12 @@ class GumbelRouter(Router):
     kind = "gumbel"
 
     def __init__(self, hidden_size, num_experts, top_k=1, hard: bool = True, tau_start: float = 2.0,
-                 tau_end: float = 0.5, anneal_steps: int = 1000, **kw):
+                 tau_end: float = 0.5, anneal_steps: int = 1000, ste: str = "full", **kw):
         super().__init__(hidden_size, num_experts, 1 if hard else num_experts, **kw)
+        if ste not in STE_MODES:
+            raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
         self.hard, self.tau_start, self.tau_end, self.anneal_steps = hard, tau_start, tau_end, anneal_steps
+        self.ste = ste
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     @property
@@ -193,13 +224,11 @@ class GumbelRouter(Router):
         if not self.hard:
             idx = torch.arange(self.num_experts, device=y.device).expand_as(y)
             return Routing(idx, y, probs, logits, dense=True)
-        idx = sorted_topk(y, 1)
-        p = y.gather(-1, idx)
-        return Routing(idx, 1.0 + (p - p.detach()), probs, logits)
+        return straight_through(sorted_topk(y, 1), y, probs, logits, self.ste)
 
     def extra_config(self):
         return {"hard": self.hard, "tau_start": self.tau_start, "tau_end": self.tau_end,
-                "anneal_steps": self.anneal_steps}
+                "anneal_steps": self.anneal_steps, "ste": self.ste}
 
 
 class ReMixRouter(Router):
