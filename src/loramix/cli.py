@@ -4,6 +4,7 @@ shows the traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -533,6 +534,10 @@ def bench(
 
 
 def main() -> None:
+    # loramix shows its own progress; HF's per-load / per-map bars and advisory logs are noise here
+    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error")):
+        os.environ.setdefault(var, value)
     debug = "--debug" in sys.argv
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
