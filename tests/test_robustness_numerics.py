@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import loramix
-from loramix.kernels import SMALL_ASSIGNMENTS, grouped_lora, routed_lora, small_lora
+from loramix.kernels import SMALL_ASSIGNMENTS, grouped_lora, has_grouped_mm, routed_lora, small_lora
 from loramix.mixture import RoutedLinear, RouteSite
 from loramix.routers import HardRouter, TopKRouter, fixed_routing
 
@@ -154,8 +154,11 @@ def test_small_decode_path_equals_grouped_path(tokens, experts, din, dout, k, dt
         small = small_lora(xs, routing, As, Bts, scale)
         grouped = grouped_lora(xs, routing, As, Bts, scale, ranks)
         assert tokens * k <= SMALL_ASSIGNMENTS
-        via = routed_lora(xs, routing, As, Bts, scale, ranks)  # dispatches to small
-    assert torch.equal(via, small)
+        via = routed_lora(xs, routing, As, Bts, scale, ranks)
+    # a decoding step gathers per-token weights when there are more experts than assignments (or no
+    # grouped GEMM for these shapes); otherwise the grouped GEMM reads the used experts in place
+    gathered = experts > tokens * k or not has_grouped_mm(xs, As, Bts)
+    assert torch.equal(via, small if gathered else grouped)
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     mag = float(grouped.float().abs().max().clamp_min(1.0))
     assert torch.allclose(small.float(), grouped.float(), rtol=tol, atol=tol * mag), (small - grouped).abs().max()

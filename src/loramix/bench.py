@@ -344,7 +344,8 @@ def resolve_device(device: str) -> torch.device:
 
 def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tuple[int, ...] | None = None,
               methods: tuple[str, ...] | None = None, workloads: tuple[str, ...] = WORKLOADS,
-              repeats: int | None = None, json_path: Path | None = None, png_path: Path | None = None,
+              repeats: int | None = None, batch: int | None = None, json_path: Path | None = None,
+              png_path: Path | None = None,
               measure_memory: bool = True, log: Callable[[str], None] | None = None) -> BenchResult:
     """Time every method on every workload; write ``json_path`` and ``png_path`` if given."""
     if isinstance(size, str):
@@ -355,6 +356,10 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
         if any(e < 1 for e in experts):
             raise LoramixError(f"expert counts must be >= 1, got {list(experts)}")
         size = BenchSize(**{**asdict(size), "experts": tuple(sorted(set(experts))), "other_experts": None})
+    if batch is not None:
+        if batch < 1:
+            raise LoramixError(f"batch must be >= 1, got {batch}")
+        size = BenchSize(**{**asdict(size), "batch": batch})
     if repeats is not None:
         if repeats < 1:
             raise LoramixError(f"repeats must be >= 1, got {repeats}")

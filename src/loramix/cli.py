@@ -506,11 +506,13 @@ def bench(
     experts: Optional[str] = typer.Option(None, help="Comma-separated expert counts, e.g. 2,8,32 (default: the size's)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated subset of base,peft_lora,hard,soft,remix,xlora,arrow."),
     repeats: Optional[int] = typer.Option(None, help="Timed rounds per method (median reported)."),
+    workloads: Optional[str] = typer.Option(None, help="Comma-separated subset of train,prefill,decode."),
+    batch: Optional[int] = typer.Option(None, help="Batch size of every workload (default: the size's)."),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="Do not time: print (and --readme) the tables of this bench JSON."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Write the tables into this README's bench section (needs --json or --from-json)."),
 ) -> None:
     """Time routed LoRA experts against the base model, PEFT LoRA, X-LoRA and Arrow."""
-    from loramix.bench import load_result, markdown_tables, parse_list, pick_size, run_bench, update_readme
+    from loramix.bench import WORKLOADS, load_result, markdown_tables, parse_list, pick_size, run_bench, update_readme
 
     if from_json is not None:
         result = load_result(from_json)
@@ -523,6 +525,7 @@ def bench(
     png = png or (json_out.with_suffix(".png") if json_out else Path("runs/bench.png"))
     result = run_bench(pick_size(quick, tiny), device=device, experts=parse_list(experts, int, "--experts"),
                        methods=parse_list(methods, str, "--methods"),
+                       workloads=parse_list(workloads, str, "--workloads") or WORKLOADS, batch=batch,
                        repeats=repeats, json_path=json_out, png_path=png,
                        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     console.print(markdown_tables(result), markup=False, highlight=False, soft_wrap=True)

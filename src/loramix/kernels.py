@@ -27,7 +27,7 @@ class DispatchPlan:
     """Tokens grouped by expert: ``token[order]`` runs expert by expert, ``counts[e]`` long."""
 
     token: torch.Tensor  # [T*k] token index of each sorted assignment
-    weights: torch.Tensor  # [T*k] routing weight of each sorted assignment (keeps the router's grad)
+    weights: torch.Tensor | None  # [T*k] sorted routing weights (keep the router's grad); None: all 1
     expert: torch.Tensor  # [T*k] expert of each sorted assignment
     counts: torch.Tensor  # [E] assignments per expert (on the routing's device: no host sync)
     inverse: torch.Tensor  # [T*k] position of each (token, slot) assignment in sorted order
@@ -53,7 +53,8 @@ def dispatch_plan(routing: Routing) -> DispatchPlan:
         token = order if k == 1 else torch.div(order, k, rounding_mode="floor")
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        routing._plan = DispatchPlan(token, routing.weights.reshape(-1)[order], flat[order], counts, inverse)
+        weights = None if routing.unit_weights else routing.weights.reshape(-1)[order]
+        routing._plan = DispatchPlan(token, weights, flat[order], counts, inverse)
     return routing._plan
 
 
@@ -104,7 +105,11 @@ def grouped_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.T
     """
     plan = dispatch_plan(routing)
     unit = routing.unit_weights and scale is None
-    w = None if unit else _scaled(plan.weights.to(x.dtype), scale, plan.expert)
+    if unit:
+        w = None
+    else:
+        sorted_w = plan.weights if plan.weights is not None else torch.ones_like(plan.expert, dtype=x.dtype)
+        w = _scaled(sorted_w.to(x.dtype), scale, plan.expert)
     xs = _sorted_input(plan, x)
     k = routing.indices.shape[-1]
     T, out_features = x.shape[0], Bt.shape[-1]
@@ -138,7 +143,11 @@ def _looped_lora(xs: torch.Tensor, w: torch.Tensor | None, counts: list[int], A:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-SMALL_ASSIGNMENTS = 32  # at most this many token-expert assignments: per-token gathered weights + bmm
+# At most this many token-expert assignments (a decoding step) *and* more experts than assignments:
+# per-token gathered weights + bmm. With no more experts than assignments, the grouped GEMM reads each
+# used expert in place, which is cheaper than copying one expert per token (measured on CPU: decode
+# at batch 8, hidden 768, 1.09x / 1.17x PEFT LoRA at E = 1 / 8, against 1.16x / 1.19x gathered).
+SMALL_ASSIGNMENTS = 32
 
 
 def small_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
@@ -175,7 +184,8 @@ def routed_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Te
         y = dense_lora(x2, routing.weights, A, Bt, scale)
     elif routing.dense_weights is not None:  # full straight-through: every expert gets a gradient
         y = dense_lora(x2, routing.dense_weights, A, Bt, scale)
-    elif x2.shape[0] * routing.indices.shape[-1] <= SMALL_ASSIGNMENTS:
+    elif (n := x2.shape[0] * routing.indices.shape[-1]) <= SMALL_ASSIGNMENTS and (
+            routing.num_experts > n or not has_grouped_mm(x2, A, Bt)):
         y = small_lora(x2, routing, A, Bt, scale)
     else:
         y = grouped_lora(x2, routing, A, Bt, scale, ranks)
