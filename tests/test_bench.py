@@ -59,3 +59,16 @@ def test_bench_option_errors():
         pick_size(quick=True, tiny=True)
     res = CliRunner().invoke(app, ["bench", "--tiny", "--methods", "nope"])
     assert isinstance(res.exception, LoramixError) and "unknown method" in str(res.exception)
+
+
+def test_bench_narrowed_to_one_workload_and_batch(tmp_path):
+    out = tmp_path / "decode.json"
+    res = CliRunner().invoke(app, ["bench", "--tiny", "--device", "cpu", "--workloads", "decode", "--methods",
+                                   "hard", "--experts", "1,2", "--batch", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert {r["workload"] for r in data["rows"]} == {"decode"}
+    assert sorted((r["method"], r["experts"]) for r in data["rows"]) == [("hard", 1), ("hard", 2), ("peft_lora", None)]
+    assert data["meta"]["size"]["batch"] == 1
+    res = CliRunner().invoke(app, ["bench", "--tiny", "--workloads", "decode", "--batch", "0"])
+    assert isinstance(res.exception, LoramixError) and "batch" in str(res.exception)
