@@ -5,7 +5,8 @@
   (shared by every projection of the group), then one grouped GEMM per LoRA factor
   (``torch._grouped_mm``; a matmul pair per expert on torch without it). Only chosen experts are
   computed, so cost stays flat in the number of experts.
-* A few tokens (decoding) skip the sort: each gathers its experts' A and B and two ``bmm`` run.
+* A decoding step with more experts than token-expert assignments skips the sort: each assignment
+  gathers its expert's A and B and two ``bmm`` run.
 * Dense routing (soft) is two matmuls over the concatenated experts, i.e. PEFT's "cat" layout.
 
 Expert weights are stacked: ``A [E, r, in]`` and ``Bt [E, r, out]`` (B transposed, so that the
@@ -88,9 +89,14 @@ def has_grouped_mm(x: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor) -> bool:
     return all(n * x.element_size() % 16 == 0 for n in (A.shape[-1], A.shape[-2], Bt.shape[-1]))
 
 
-def _scaled(w: torch.Tensor, scale: torch.Tensor | None, experts: torch.Tensor) -> torch.Tensor:
-    """Routing weights times each assignment's expert scale (unless the scale is folded into B)."""
-    return w if scale is None else w * scale.to(device=w.device, dtype=w.dtype).index_select(0, experts)
+def _scaled(w: torch.Tensor | None, scale: torch.Tensor | None, experts: torch.Tensor,
+            dtype: torch.dtype) -> torch.Tensor | None:
+    """Each assignment's routing weight (``None``: all 1) times its expert's scale (``None``: folded
+    into B); ``None`` when both are 1, so there is nothing to multiply."""
+    if scale is None:
+        return None if w is None else w.to(dtype)
+    s = scale.to(device=experts.device, dtype=dtype).index_select(0, experts)
+    return s if w is None else w.to(dtype) * s
 
 
 def grouped_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Tensor,
@@ -104,18 +110,13 @@ def grouped_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.T
     Zero padding past an expert's rank contributes zero.
     """
     plan = dispatch_plan(routing)
-    unit = routing.unit_weights and scale is None
-    if unit:
-        w = None
-    else:
-        sorted_w = plan.weights if plan.weights is not None else torch.ones_like(plan.expert, dtype=x.dtype)
-        w = _scaled(sorted_w.to(x.dtype), scale, plan.expert)
+    w = _scaled(plan.weights, scale, plan.expert, x.dtype)
     xs = _sorted_input(plan, x)
     k = routing.indices.shape[-1]
     T, out_features = x.shape[0], Bt.shape[-1]
     if has_grouped_mm(x, A, Bt):
         h = torch._grouped_mm(xs, A.transpose(1, 2), offs=plan.offsets)
-        y = torch._grouped_mm(h if unit else h * w[:, None], Bt, offs=plan.offsets)
+        y = torch._grouped_mm(h if w is None else h * w[:, None], Bt, offs=plan.offsets)
     else:
         y = _looped_lora(xs, w, plan.counts.tolist(), A, Bt, ranks)
     y = y.index_select(0, plan.inverse)
@@ -158,8 +159,9 @@ def small_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Ten
     idx = routing.indices.reshape(-1)
     xr = x if k == 1 else x.repeat_interleave(k, dim=0)
     h = torch.bmm(A.index_select(0, idx), xr.unsqueeze(-1)).squeeze(-1)  # [T*k, r]
-    if not (routing.unit_weights and scale is None):
-        h = h * _scaled(routing.weights.reshape(-1).to(x.dtype), scale, idx)[:, None]
+    w = _scaled(None if routing.unit_weights else routing.weights.reshape(-1), scale, idx, x.dtype)
+    if w is not None:
+        h = h * w[:, None]
     y = torch.bmm(h.unsqueeze(1), Bt.index_select(0, idx)).squeeze(1)  # [T*k, out]
     return y if k == 1 else y.view(T, k, -1).sum(1)
 

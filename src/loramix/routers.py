@@ -139,6 +139,12 @@ def straight_through(idx: torch.Tensor, y: torch.Tensor, probs: torch.Tensor, lo
 STE_MODES = ("full", "chosen")
 
 
+def _check_ste(ste: str) -> str:
+    if ste not in STE_MODES:
+        raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
+    return ste
+
+
 class HardRouter(Router):
     """MoR-LoRA: the top-1 (or top-k) experts at unit weight, gradient by straight-through
     (``ste``: see ``straight_through``; inference computes only the chosen experts either way)."""
@@ -147,9 +153,7 @@ class HardRouter(Router):
 
     def __init__(self, hidden_size, num_experts, top_k=1, ste: str = "full", **kw):
         super().__init__(hidden_size, num_experts, top_k, **kw)
-        if ste not in STE_MODES:
-            raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
-        self.ste = ste
+        self.ste = _check_ste(ste)
 
     def select(self, logits, probs):
         return straight_through(sorted_topk(probs, self.top_k), probs, probs, logits, self.ste)
@@ -201,10 +205,8 @@ class GumbelRouter(Router):
     def __init__(self, hidden_size, num_experts, top_k=1, hard: bool = True, tau_start: float = 2.0,
                  tau_end: float = 0.5, anneal_steps: int = 1000, ste: str = "full", **kw):
         super().__init__(hidden_size, num_experts, 1 if hard else num_experts, **kw)
-        if ste not in STE_MODES:
-            raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
         self.hard, self.tau_start, self.tau_end, self.anneal_steps = hard, tau_start, tau_end, anneal_steps
-        self.ste = ste
+        self.ste = _check_ste(ste)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     @property
