@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from loramix.errors import LoramixError
-from loramix.io import atomic_path, write_json
+from loramix.io import atomic_path, read_json, write_json
 
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 METHODS = ("grpo", "sft")
@@ -115,10 +115,7 @@ class ExpertTrainConfig:
             missing = [f for f in ADAPTER_FILES if not (init / f).is_file()]
             if missing:
                 raise bad("init_adapter", f"{init} is not a PEFT adapter folder (missing {', '.join(missing)})")
-            try:
-                acfg = json.loads((init / "adapter_config.json").read_text())
-            except json.JSONDecodeError as e:
-                raise LoramixError(f"{init / 'adapter_config.json'}: not valid JSON ({e})") from None
+            acfg = read_json(init / "adapter_config.json")
             for field_name, key in (("lora_r", "r"), ("lora_alpha", "lora_alpha")):
                 if key in acfg and float(acfg[key]) != float(getattr(self, field_name)):
                     raise bad("init_adapter", f"{init / 'adapter_config.json'}: {key} is {acfg[key]}, "
@@ -138,24 +135,27 @@ class ExpertTrainConfig:
                                      f"{self.batch_size // self.num_generations} prompts of one step")
 
 
-def init_method(adapter: str | Path) -> str:
-    """The method recorded in an init adapter's metrics.json (a loramix expert), else "init"."""
+def _prior_metrics(adapter: str | Path) -> dict:
+    """An init adapter's metrics.json when it is a loramix expert; {} for any other PEFT folder."""
     try:
-        method = json.loads((Path(adapter) / METRICS_FILE).read_text()).get("method")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return "init"
+        prior = json.loads((Path(adapter) / METRICS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return prior if isinstance(prior, dict) else {}
+
+
+def init_method(adapter: str | Path, prior: dict | None = None) -> str:
+    """The method recorded in an init adapter's metrics.json (a loramix expert), else "init"."""
+    method = (_prior_metrics(adapter) if prior is None else prior).get("method")
     return method if method in ("sft", "grpo", "sft+grpo") else "init"
 
 
 def _init_record(adapter: Path) -> dict:
     from loramix.io import sha256_file
 
-    try:
-        prior = json.loads((adapter / METRICS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        prior = {}
+    prior = _prior_metrics(adapter)
     return {"path": str(adapter), "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
-            "method": init_method(adapter), "train_seconds": float(prior.get("train_seconds", 0.0) or 0.0),
+            "method": init_method(adapter, prior), "train_seconds": float(prior.get("train_seconds", 0.0) or 0.0),
             "steps": int(prior.get("steps", 0) or 0)}
 
 
@@ -452,9 +452,7 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
 
     grpo_hist = next((r["log_history"] for r in records if r["method"] == "grpo"), [])
     sft_hist = next((r["log_history"] for r in records if r["method"] == "sft"), [])
-    recorded_config = {**asdict(cfg), "out": str(cfg.out), "base": str(cfg.base),
-                       "init_adapter": None if cfg.init_adapter is None else str(cfg.init_adapter),
-                       "target_modules": list(cfg.target_modules)}
+    recorded_config = {**asdict(cfg), **cfg.identity(), "out": str(cfg.out)}
     metrics = {
         "task": task.name,
         "method": cfg.run_method,

@@ -253,7 +253,7 @@ def _make_trainer_class():
         def _record(self, routings, attn, seq_loss):
             self.record_routing(attn)
             if seq_loss.shape[0] > 1:
-                self.log_metric("sample_loss_std", float(seq_loss.std(0).mean()))
+                self.log_metric("sample_loss_std", seq_loss.std(0).mean())
 
     return ReMixTrainer
 

@@ -27,7 +27,7 @@ class MixtureTrainer(Trainer):
     def __init__(self, *args, router_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.router_learning_rate = router_learning_rate
-        self._step_metrics: dict[str, list[float]] = {}
+        self._step_metrics: dict[str, list[torch.Tensor]] = {}
 
     def create_optimizer(self, model=None):
         """AdamW with the routers in their own group when ``router_learning_rate`` is set (a gate is
@@ -48,8 +48,9 @@ class MixtureTrainer(Trainer):
             self.record_routing(inputs.get("attention_mask"))
         return result
 
-    def log_metric(self, key: str, value: float) -> None:
-        self._step_metrics.setdefault(key, []).append(value)
+    def log_metric(self, key: str, value: torch.Tensor) -> None:
+        """Kept as a tensor until the next log, so a training step never waits on the device."""
+        self._step_metrics.setdefault(key, []).append(value.detach().float())
 
     @torch.no_grad()
     def record_routing(self, attention_mask: torch.Tensor | None) -> None:
@@ -63,19 +64,19 @@ class MixtureTrainer(Trainer):
             mask = (attention_mask if attention_mask is not None else probs.new_ones(probs.shape[:2]))
             mask = mask.to(probs.dtype).unsqueeze(-1)
             pi = (probs * mask).sum((0, 1)) / mask.sum().clamp_min(1.0)
-            value = float(effective_sample_size(pi))
+            value = effective_sample_size(pi)
             values.append(value)
             self.log_metric(f"ess/{site.name}", value)
             w = site.routing.weights.float()  # per token: ESS of the weights it actually used
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
-            tokens.append(float((effective_sample_size(w) * mask[..., 0]).sum() / mask.sum().clamp_min(1.0)))
+            tokens.append((effective_sample_size(w) * mask[..., 0]).sum() / mask.sum().clamp_min(1.0))
         if values:
-            self.log_metric("ess_mean", sum(values) / len(values))
-            self.log_metric("ess_token", sum(tokens) / len(tokens))
+            self.log_metric("ess_mean", torch.stack(values).mean())
+            self.log_metric("ess_token", torch.stack(tokens).mean())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._step_metrics and "loss" in logs:
-            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._step_metrics.items()})
+            logs.update({k: round(float(torch.stack(v).mean()), 4) for k, v in self._step_metrics.items()})
             self._step_metrics = {}
         super().log(logs, start_time)
 
