@@ -78,6 +78,27 @@ def fresh(llama_setup):
     return copy.deepcopy(model), paths
 
 
+def saved_tiny_base(root, hidden: int = 32, layers: int = 2):
+    """A tiny random Llama and its tokenizer, saved under ``root / "base"``; returns (model, tokenizer)."""
+    from loramix.base_model import tiny_random_llama
+
+    model, tok = tiny_random_llama(hidden=hidden, layers=layers)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return model, tok
+
+
+def addition_traces(path, a_values: int, b_values: int, **extra):
+    """``add: a+b=`` prompt/completion trace rows (plus ``extra`` fields) for a < a_values, b < b_values,
+    written as JSONL to ``path``; returns ``path``."""
+    import json
+
+    rows = [{"prompt": f"add: {a}+{b}=", "completion": f"<think>{a + b}</think>\n{{\"answer\": \"{a + b}\"}}",
+             **extra} for a in range(a_values) for b in range(b_values)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def memorised_base(folder, tasks=("add",), n: int = 4, difficulty: str = "easy", steps: int = 150,
                    hidden: int = 64):
     """A tiny Llama (with the loramix tokenizer) trained to reproduce the reference completions of

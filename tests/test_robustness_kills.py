@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from loramix.tasks import register_task, unregister_task
 
-from conftest import digits_task
+from conftest import addition_traces, digits_task, saved_tiny_base
 
 TESTS = Path(__file__).parent
 TASK = "_rb_digits"
@@ -157,19 +157,11 @@ def setup(tmp_path_factory):
     _sys.path.insert(0, str(TESTS))
     from conftest import make_adapter
 
-    from loramix.base_model import tiny_random_llama
-
     register_task(TASK, DigitsTask)
     root = tmp_path_factory.mktemp("kills")
-    model, tok = tiny_random_llama(hidden=32, layers=2)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    model, _ = saved_tiny_base(root)
     experts = [make_adapter(model, root / f"e{i}", r=2, alpha=4, seed=30 + i) for i in range(2)]
-    rows = [{"prompt": f"add: {a}+{b}=", "completion": f"<think>{a + b}</think>\n{{\"answer\": \"{a + b}\"}}"}
-            for a in range(4) for b in range(3)]
-    traces = root / "traces.jsonl"
-    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    yield root, experts, traces
+    yield root, experts, addition_traces(root / "traces.jsonl", 4, 3)
     unregister_task(TASK)
 
 

@@ -13,23 +13,15 @@ from safetensors.torch import load_file
 import loramix
 from loramix.io import sha256_file
 
-from conftest import make_adapter
+from conftest import addition_traces, make_adapter, saved_tiny_base
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from loramix.base_model import tiny_random_llama
-
     root = tmp_path_factory.mktemp("repro")
-    model, tok = tiny_random_llama(hidden=32, layers=2)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    model, _ = saved_tiny_base(root)
     experts = [make_adapter(model, root / f"e{i}", r=2, alpha=4, seed=50 + i) for i in range(2)]
-    rows = [{"prompt": f"add: {a}+{b}=", "completion": f"<think>{a + b}</think>\n{{\"answer\": \"{a + b}\"}}",
-             "task": "add"} for a in range(3) for b in range(3)]
-    traces = root / "traces.jsonl"
-    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root, experts, traces
+    return root, experts, addition_traces(root / "traces.jsonl", 3, 3, task="add")
 
 
 def _router(setup, out, seed=0):

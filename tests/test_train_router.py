@@ -14,23 +14,15 @@ from loramix.errors import DataError
 from loramix.train.data import read_traces
 from loramix.train.router import RouterTrainConfig, train_router
 
-from conftest import make_adapter
+from conftest import addition_traces, make_adapter, saved_tiny_base
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from loramix.base_model import tiny_random_llama
-
     root = tmp_path_factory.mktemp("router")
-    model, tok = tiny_random_llama(hidden=64, layers=2)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    model, _ = saved_tiny_base(root, hidden=64)
     experts = [make_adapter(model, root / f"e{i}", r=4, alpha=8, seed=20 + i) for i in range(3)]
-    rows = [{"prompt": f"add: {a}+{b}=", "completion": f"<think>{a + b}</think>\n{{\"answer\": \"{a + b}\"}}"}
-            for a in range(4) for b in range(4)]
-    traces = root / "traces.jsonl"
-    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root, experts, traces
+    return root, experts, addition_traces(root / "traces.jsonl", 4, 4)
 
 
 def cfg(setup, out, **kw):
