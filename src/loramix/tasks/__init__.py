@@ -6,9 +6,9 @@ from loramix.tasks.base import SPLITS, Example, Task, examples_to_dataset
 from loramix.tasks.benchmarks import BENCHMARK_CLASSES, BENCHMARK_TASKS, BenchmarkTask
 from loramix.tasks.format import extract_answer, format_completion, has_json_answer, has_think
 from loramix.tasks.jsonl import JsonlTask
-from loramix.tasks.registry import (TaskInfo, get_task, list_tasks, register_jsonl_task, register_task,
-                                    task_info, unregister_task)
-from loramix.tasks.rewards import RewardConfig, make_reward_fn, score
+from loramix.tasks.registry import (TaskInfo, get_task, list_tasks, make_reward_fn, register_jsonl_task,
+                                    register_task, task_info, unregister_task)
+from loramix.tasks.rewards import RewardConfig, score
 from loramix.tasks.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_TASKS, SyntheticTask, split_of
 from loramix.tasks.verifiers import get_verifier, list_verifiers, register_verifier
 from loramix.tasks.verify import VerifyReport, verify_file

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from loramix.errors import LoramixError, unknown_name
 from loramix.tasks.format import extract_answer, format_completion
-from loramix.tasks.rewards import RewardConfig, RewardFn, make_reward_fn, score
+from loramix.tasks.rewards import RewardConfig, RewardFn, completion_text, score
 from loramix.tasks.verifiers import get_verifier
 
 if TYPE_CHECKING:
@@ -74,12 +74,35 @@ class Task:
         return score(completion, self.is_correct(completion, ex), self.reward_config)
 
     def reward_fn(self) -> RewardFn:
-        """This task's reward in TRL GRPOTrainer form (see `rewards.make_reward_fn`)."""
-        return make_reward_fn(self)
+        """This task's reward in TRL GRPOTrainer form (see `trl_reward_fn`)."""
+        return trl_reward_fn(lambda _column, _i: self, f"{self.name}_reward")
 
     def to_dataset(self, split: str = "train", n: int | None = None, **kwargs: Any) -> "datasets.Dataset":
         """A `datasets.Dataset` with columns prompt, answer, task and completion (the reference)."""
         return examples_to_dataset(self, self.examples(split, n, **kwargs))
+
+
+TaskFor = Callable[[Sequence[str] | None, int], Task]
+
+
+def trl_reward_fn(task_for: TaskFor, name: str) -> RewardFn:
+    """A reward function in TRL's `GRPOTrainer` form: `f(prompts, completions, answer, **kw)`, named
+    `name`. `answer` is the dataset's gold column; row `i` is scored by `task_for(task, i)`, where
+    `task` is the dataset's task column (None when it has none)."""
+
+    def reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str] | None = None,
+               task: Sequence[str] | None = None, **_: Any) -> list[float]:
+        if answer is None:
+            raise LoramixError("reward function: the dataset needs an 'answer' column")
+        out = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            t = task_for(task, i)
+            ex = Example(prompt=completion_text(prompt), answer=str(answer[i]), task=t.name)
+            out.append(t.reward(completion_text(completion), ex))
+        return out
+
+    reward.__name__ = name
+    return reward
 
 
 def examples_to_dataset(task: Task, examples: list[Example]) -> "datasets.Dataset":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from loramix.errors import unknown_name
-from loramix.tasks.base import Task
+from loramix.errors import LoramixError, unknown_name
+from loramix.tasks.base import Task, trl_reward_fn
+from loramix.tasks.jsonl import JsonlTask
+from loramix.tasks.rewards import RewardFn
 from loramix.tasks.verifiers import get_verifier
 
 Factory = Callable[..., Task]
@@ -51,8 +53,6 @@ def register_task(name: str, factory: Factory | None = None, *, kind: str | None
 def register_jsonl_task(name: str, path: str | Path, verifier: str = "exact", **kwargs: Any) -> None:
     """Register a user task read from a data file; `kwargs` go to `JsonlTask` (field names,
     template, answer_type)."""
-    from loramix.tasks.jsonl import JsonlTask
-
     get_verifier(verifier)
     register_task(name, lambda **kw: JsonlTask(name, path, verifier, **{**kwargs, **kw}), kind="user",
                   answer_type=kwargs.get("answer_type", "text"), verifier=verifier,
@@ -66,6 +66,29 @@ def get_task(name: str, **kwargs: Any) -> Task:
     task = _REGISTRY[name].factory(**kwargs)
     task.name = name  # the registered name wins (prompts, the dataset's task column)
     return task
+
+
+def make_reward_fn(task: Task | None = None) -> RewardFn:
+    """A reward function in TRL's `GRPOTrainer` form: `f(prompts, completions, answer, **kw)`.
+    `answer` is the dataset's gold column. With `task=None` each row's task is looked up from
+    the `task` column (for mixed-task datasets)."""
+    if task is not None:
+        return trl_reward_fn(lambda _column, _i: task, f"{task.name}_reward")
+    cache: dict[str, Task] = {}
+
+    def task_for(column: Sequence[str] | None, i: int) -> Task:
+        name = _row_task(column, i)
+        if name not in cache:
+            cache[name] = get_task(name)
+        return cache[name]
+
+    return trl_reward_fn(task_for, "task_reward")
+
+
+def _row_task(task: Sequence[str] | None, i: int) -> str:
+    if task is None:
+        raise LoramixError("reward function: no task given and the dataset has no 'task' column")
+    return task[i]
 
 
 def list_tasks() -> list[str]:

@@ -1,4 +1,5 @@
-"""The paper's reward, configurable, and an adapter to TRL's reward-function signature.
+"""The paper's reward, configurable. Its adapter to TRL's reward-function signature is
+`base.trl_reward_fn` (behind `Task.reward_fn` and `registry.make_reward_fn`).
 
 | event                                   | default |
 |-----------------------------------------|---------|
@@ -13,13 +14,9 @@ So the best score is 1.2 (correct, with a think block) and the worst -1.1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable
 
-from loramix.errors import LoramixError
 from loramix.tasks.format import has_json_answer, has_think
-
-if TYPE_CHECKING:
-    from loramix.tasks.base import Task
 
 RewardFn = Callable[..., list[float]]
 
@@ -53,39 +50,3 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
         return str(completion[-1].get("content", ""))
     return str(completion)
-
-
-def make_reward_fn(task: "Task | None" = None) -> RewardFn:
-    """A reward function in TRL's `GRPOTrainer` form: `f(prompts, completions, answer, **kw)`.
-    `answer` is the dataset's gold column. With `task=None` each row's task is looked up from
-    the `task` column (for mixed-task datasets)."""
-    from loramix.tasks.base import Example
-    from loramix.tasks.registry import get_task
-
-    fixed = task
-    cache: dict[str, Task] = {}
-
-    def task_for(name: str) -> "Task":
-        if name not in cache:
-            cache[name] = get_task(name)
-        return cache[name]
-
-    def reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str] | None = None,
-               task: Sequence[str] | None = None, **_: Any) -> list[float]:
-        if answer is None:
-            raise LoramixError("reward function: the dataset needs an 'answer' column")
-        out = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            t = fixed if fixed is not None else task_for(_row_task(task, i))
-            ex = Example(prompt=completion_text(prompt), answer=str(answer[i]), task=t.name)
-            out.append(t.reward(completion_text(completion), ex))
-        return out
-
-    reward.__name__ = f"{task.name}_reward" if task is not None else "task_reward"
-    return reward
-
-
-def _row_task(task: Sequence[str] | None, i: int) -> str:
-    if task is None:
-        raise LoramixError("reward function: no task given and the dataset has no 'task' column")
-    return task[i]
