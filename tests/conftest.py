@@ -57,6 +57,20 @@ def adapter_set(model, root):
     ]
 
 
+def lora_stack(E, din, dout, ranks, gen):
+    """Stacked LoRA factors for ``E`` experts of the given ranks (zero-padded to the largest): A
+    ``(E, rmax, din)``, B ``(E, dout, rmax)`` and per-expert scales (0 for rank-0 experts)."""
+    rmax = max(ranks)
+    A = torch.zeros(E, rmax, din)
+    B = torch.zeros(E, dout, rmax)
+    for e, r in enumerate(ranks):
+        if r:
+            A[e, :r] = torch.randn(r, din, generator=gen)
+            B[e, :, :r] = torch.randn(dout, r, generator=gen)
+    scale = torch.tensor([0.5 + e for e in range(E)], dtype=torch.float32) * torch.tensor([r > 0 for r in ranks])
+    return A, B, scale
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def arch_setup(request, tmp_path_factory):
     model = tiny_model(request.param)
