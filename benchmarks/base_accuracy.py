@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 from loramix.base_model import ensure_base, greedy_completions, load_base
+from loramix.tasks import SYNTHETIC_TASKS, get_task
 
 
 def evaluate(path: Path, *, n: int, difficulties: list[str], domains: list[str] | None, seed: int,
              batch_size: int) -> dict:
-    from loramix.tasks import SYNTHETIC_TASKS, get_task
-
     model, tok = load_base(path)
     max_pos = model.config.max_position_embeddings
     results: dict = {"path": str(path), "n": n, "seed": seed, "accuracy": {}, "seconds": {}}

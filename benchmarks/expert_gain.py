@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from loramix.train import ExpertTrainConfig, train_expert
+
 
 def main(argv: list[str] | None = None) -> int:
-    from loramix.train import ExpertTrainConfig, train_expert
-
     d = ExpertTrainConfig(task="mod")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="mod")

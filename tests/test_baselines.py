@@ -14,8 +14,29 @@ from transformers import TrainerCallback
 import loramix
 from loramix.errors import LoramixError
 from loramix.evaluate import evaluate_model, load_for_eval
+from loramix.baselines.merges import MERGE_INFO, MERGED_ADAPTER, merge_experts
+from loramix.baselines.oracle import make_oracle_mixture, recorded_expert_for_task
+from loramix.baselines.peft_mixtures import (
+    BASELINE_FILE,
+    XLORA_DEFAULTS,
+    XLORA_WEIGHTS,
+    _xlora_classifier,
+    _xlora_model,
+    baseline_kind,
+    build_arrow,
+    load_baseline,
+)
+from loramix.baselines.prompt_router import (
+    has_prompt_router,
+    load_prompt_router,
+    prompt_features,
+    prompt_router_hook,
+    route_prompts,
+)
 from loramix.generation import generate
-from loramix.train import baselines as bl
+from loramix.train.multitask import MultitaskConfig, train_multitask
+from loramix.train.prompt_router import build_prompt_router
+from loramix.train.xlora import build_xlora
 
 TASKS = ("add", "sort", "mod")
 
@@ -68,9 +89,9 @@ def _logits(model, tok, text="add: 12+30\n"):
 def test_cat_merge_equals_the_soft_mixture_with_the_same_fixed_weights(setup, tmp_path):
     _, base, experts, _ = setup
     w = [0.5, 0.3, 0.2]
-    out = bl.merge_experts(base, experts, "cat", tmp_path / "cat", weights=w)
+    out = merge_experts(base, experts, "cat", tmp_path / "cat", weights=w)
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
-    assert not (out / bl.MERGED_ADAPTER).exists()
+    assert not (out / MERGED_ADAPTER).exists()
     model, tok, kind = load_for_eval(out)  # the recorded base path is used
     assert kind == "peft"
     from loramix.loading import load_base_model
@@ -92,7 +113,7 @@ def test_cat_merge_of_mixed_ranks_and_rslora_matches_the_mixture(setup, tmp_path
 
     rs = make_adapter(AutoModelForCausalLM.from_pretrained(base), tmp_path / "rs", r=8, alpha=6, seed=7, use_rslora=True)
     folders = [rs, experts[0]]
-    out = bl.merge_experts(base, folders, "cat", tmp_path / "cat2")
+    out = merge_experts(base, folders, "cat", tmp_path / "cat2")
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 12 and not cfg["use_rslora"]
     model, tok, _ = load_for_eval(out, base)
@@ -104,7 +125,7 @@ def test_cat_merge_of_mixed_ranks_and_rslora_matches_the_mixture(setup, tmp_path
 def test_linear_merge_holds_peft_combination_of_factors(setup, tmp_path):
     _, base, experts, _ = setup
     w = [0.2, 0.3, 0.5]
-    out = bl.merge_experts(base, experts, "linear", tmp_path / "lin", weights=w)
+    out = merge_experts(base, experts, "linear", tmp_path / "lin", weights=w)
     merged = load_file(str(out / "adapter_model.safetensors"))
     srcs = [load_file(f"{e}/adapter_model.safetensors") for e in experts]
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -114,7 +135,7 @@ def test_linear_merge_holds_peft_combination_of_factors(setup, tmp_path):
                 "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"):
         want = sum((wi * scale) ** 0.5 * s[key] for wi, s in zip(w, srcs))
         torch.testing.assert_close(merged[key], want, atol=1e-6, rtol=1e-6)
-    info = json.loads((out / bl.MERGE_INFO).read_text())
+    info = json.loads((out / MERGE_INFO).read_text())
     assert info["combination_type"] == "linear" and info["weights"] == w
 
 
@@ -124,18 +145,18 @@ def test_linear_merge_of_unequal_ranks_is_refused(setup, tmp_path):
 
     odd = make_adapter(AutoModelForCausalLM.from_pretrained(base), tmp_path / "r8", r=8, alpha=8, seed=5)
     with pytest.raises(LoramixError, match="equal rank"):
-        bl.merge_experts(base, experts[:1] + [odd], "linear", tmp_path / "bad")
+        merge_experts(base, experts[:1] + [odd], "linear", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     with pytest.raises(LoramixError, match="unknown merge method"):
-        bl.merge_experts(base, experts, "svd2", tmp_path / "bad")
+        merge_experts(base, experts, "svd2", tmp_path / "bad")
 
 
 def test_ties_and_dare_are_loadable_and_dare_is_seeded(setup, tmp_path):
     _, base, experts, _ = setup
-    ties = bl.merge_experts(base, experts, "ties", tmp_path / "ties", density=0.5)
-    d1 = bl.merge_experts(base, experts, "dare", tmp_path / "d1", density=0.5, seed=3)
-    d2 = bl.merge_experts(base, experts, "dare", tmp_path / "d2", density=0.5, seed=3)
-    d3 = bl.merge_experts(base, experts, "dare_linear", tmp_path / "d3", density=0.5, seed=4)
+    ties = merge_experts(base, experts, "ties", tmp_path / "ties", density=0.5)
+    d1 = merge_experts(base, experts, "dare", tmp_path / "d1", density=0.5, seed=3)
+    d2 = merge_experts(base, experts, "dare", tmp_path / "d2", density=0.5, seed=3)
+    d3 = merge_experts(base, experts, "dare_linear", tmp_path / "d3", density=0.5, seed=4)
     a, b = load_file(str(d1 / "adapter_model.safetensors")), load_file(str(d2 / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for folder in (ties, d1, d3):
@@ -157,12 +178,12 @@ class _Interrupt(TrainerCallback):
 
 def test_multitask_lora_lowers_its_loss_resumes_and_is_a_peft_folder(setup, tmp_path):
     _, base, _, traces = setup
-    cfg = bl.MultitaskConfig(base=base, traces=str(traces), out=str(tmp_path / "mt"), rank=4, alpha=8, steps=20,
-                             batch_size=4, learning_rate=1e-2, logging_steps=2, save_steps=8, progress=False)
+    cfg = MultitaskConfig(base=base, traces=str(traces), out=str(tmp_path / "mt"), rank=4, alpha=8, steps=20,
+                          batch_size=4, learning_rate=1e-2, logging_steps=2, save_steps=8, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        bl.train_multitask(cfg, callbacks=[_Interrupt(10)])
+        train_multitask(cfg, callbacks=[_Interrupt(10)])
     assert (tmp_path / "mt.partial" / "checkpoint-8").is_dir() and not (tmp_path / "mt").exists()
-    out = bl.train_multitask(cfg)
+    out = train_multitask(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoint-8"
     losses = [p["loss"] for p in metrics["loss_curve"]]
@@ -175,9 +196,9 @@ def test_multitask_lora_lowers_its_loss_resumes_and_is_a_peft_folder(setup, tmp_
     expert = loramix.load_expert(out, AutoModelForCausalLM.from_pretrained(base))
     assert len(expert.modules) == 6 and {w.rank for w in expert.modules.values()} == {4}
     assert not (tmp_path / "mt.partial").exists()
-    assert bl.train_multitask(cfg) == out  # a finished run is kept
+    assert train_multitask(cfg) == out  # a finished run is kept
     with pytest.raises(LoramixError, match="another config"):
-        bl.train_multitask(bl.MultitaskConfig(**{**cfg.__dict__, "rank": 2}))
+        train_multitask(MultitaskConfig(**{**cfg.__dict__, "rank": 2}))
 
 
 # --- prompt router --------------------------------------------------------------------------------
@@ -185,25 +206,25 @@ def test_multitask_lora_lowers_its_loss_resumes_and_is_a_peft_folder(setup, tmp_
 
 def test_prompt_router_separates_tagged_tasks_and_routes_generation(setup, tmp_path):
     _, base, experts, traces = setup
-    out = bl.build_prompt_router(base, experts, tmp_path / "pr", traces=traces, steps=200)
+    out = build_prompt_router(base, experts, tmp_path / "pr", traces=traces, steps=200)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_heldout"] >= 15 and metrics["heldout_accuracy"] > 0.9
     mixture, tok, kind = load_for_eval(out, base)
-    assert kind == "mixture" and bl.has_prompt_router(out)
-    router = bl.load_prompt_router(out)
+    assert kind == "mixture" and has_prompt_router(out)
+    router = load_prompt_router(out)
     assert router.labels == sorted(TASKS) and dict(zip(router.labels, router.experts)) == {"add": 0, "mod": 2, "sort": 1}
     held = _synthetic_rows(30, seed=99)
-    assert bl.route_prompts(mixture, tok, [r["prompt"] for r in held], router) == [r["expert_index"] for r in held]
+    assert route_prompts(mixture, tok, [r["prompt"] for r in held], router) == [r["expert_index"] for r in held]
     # features through the mixture (experts off) equal the bare base model's
     from loramix.loading import load_base_model
 
     bare, _ = load_base_model(base)
     prompts = [r["prompt"] for r in held[:4]]
-    torch.testing.assert_close(bl.prompt_features(mixture, tok, prompts), bl.prompt_features(bare, tok, prompts))
+    torch.testing.assert_close(prompt_features(mixture, tok, prompts), prompt_features(bare, tok, prompts))
     # the evaluate contract: a before_batch hook around generate equals oracle routing here
     prompts = [r["prompt"] for r in held[:6]]
     got = generate(mixture, tok, prompts, max_new_tokens=4, batch_size=3,
-                   before_batch=bl.prompt_router_hook(mixture, tok, prompts, router))
+                   before_batch=prompt_router_hook(mixture, tok, prompts, router))
     for p, r, c in zip(prompts, held, got):
         with mixture.force_expert(r["expert_index"]):
             assert generate(mixture, tok, [p], max_new_tokens=4)[0][0].text == c[0].text
@@ -214,14 +235,14 @@ def test_prompt_router_separates_tagged_tasks_and_routes_generation(setup, tmp_p
 
 def test_oracle_mixture_names_experts_after_tasks(setup, tmp_path):
     _, base, experts, _ = setup
-    out = bl.make_oracle_mixture(base, experts, ["add", "sort", "mod"], tmp_path / "oracle")
-    assert bl.recorded_expert_for_task(out) == {"add": 0, "sort": 1, "mod": 2}
+    out = make_oracle_mixture(base, experts, ["add", "sort", "mod"], tmp_path / "oracle")
+    assert recorded_expert_for_task(out) == {"add": 0, "sort": 1, "mod": 2}
     mixture, tok, kind = load_for_eval(out, base)
     assert kind == "mixture" and mixture.expert_names == ["add", "sort", "mod"]
     report = evaluate_model(mixture, tok, ["sort", "mod"], n=2, max_new_tokens=3, routing="oracle")
     assert report.config["expert_for_task"] == {"sort": 1, "mod": 2}
     with pytest.raises(LoramixError, match="one task per expert"):
-        bl.make_oracle_mixture(base, experts, ["add"], tmp_path / "bad")
+        make_oracle_mixture(base, experts, ["add"], tmp_path / "bad")
 
 
 # --- X-LoRA and Arrow -----------------------------------------------------------------------------
@@ -229,22 +250,22 @@ def test_oracle_mixture_names_experts_after_tasks(setup, tmp_path):
 
 def test_xlora_trains_its_classifier_and_reloads(setup, tmp_path):
     _, base, experts, traces = setup
-    out = bl.build_xlora(base, experts, tmp_path / "xlora", traces=traces, steps=3, batch_size=4,
-                         learning_rate=1e-2, progress=False)
-    recipe = json.loads((out / bl.BASELINE_FILE).read_text())
+    out = build_xlora(base, experts, tmp_path / "xlora", traces=traces, steps=3, batch_size=4,
+                      learning_rate=1e-2, progress=False)
+    recipe = json.loads((out / BASELINE_FILE).read_text())
     assert recipe["kind"] == "xlora" and recipe["trained"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_parameters"] > 0 and metrics["loss_curve"]
-    model, tok = bl.load_baseline(out)
-    saved = load_file(str(out / bl.XLORA_WEIGHTS))
-    live = bl._xlora_classifier(model).state_dict()
+    model, tok = load_baseline(out)
+    saved = load_file(str(out / XLORA_WEIGHTS))
+    live = _xlora_classifier(model).state_dict()
     assert all(torch.equal(saved[k], live[k]) for k in saved)
     from loramix.loading import load_base_model
 
-    fresh = bl._xlora_classifier(bl._xlora_model(load_base_model(base)[0], experts, bl.XLORA_DEFAULTS, seed=0))
+    fresh = _xlora_classifier(_xlora_model(load_base_model(base)[0], experts, XLORA_DEFAULTS, seed=0))
     assert any(not torch.equal(saved[k], v) for k, v in fresh.state_dict().items())  # the classifier trained
     assert torch.isfinite(_logits(model, tok)).all()
-    again, _ = bl.load_baseline(out)
+    again, _ = load_baseline(out)
     torch.testing.assert_close(_logits(again, tok), _logits(model, tok))
     got = generate(model, tok, ["add: 1+2\n", "sort: 3 1\n"], max_new_tokens=4)
     assert len(got) == 2 and all(c[0].tokens <= 4 for c in got)
@@ -253,9 +274,9 @@ def test_xlora_trains_its_classifier_and_reloads(setup, tmp_path):
 
 def test_arrow_forwards_and_generates(setup, tmp_path):
     _, base, experts, _ = setup
-    out = bl.build_arrow(base, experts, tmp_path / "arrow", top_k=2)
-    assert bl.baseline_kind(out) == "arrow"
-    model, tok = bl.load_baseline(out)
+    out = build_arrow(base, experts, tmp_path / "arrow", top_k=2)
+    assert baseline_kind(out) == "arrow"
+    model, tok = load_baseline(out)
     assert torch.isfinite(_logits(model, tok)).all()
     got = generate(model, tok, ["add: 1+2\n", "mod: 7%3\n"], max_new_tokens=4)
     assert len(got) == 2
@@ -275,12 +296,12 @@ def test_commands_are_thin_wrappers(setup, tmp_path):
     r = runner.invoke(app, ["merge", "--base", base, "--experts", ",".join(experts), "--method", "ties",
                             "--weights", "1,1,1", "--density", "0.7", "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
-    info = json.loads((tmp_path / "m" / bl.MERGE_INFO).read_text())
+    info = json.loads((tmp_path / "m" / MERGE_INFO).read_text())
     assert info["weights"] == [1.0, 1.0, 1.0] and info["density"] == 0.7
     r = runner.invoke(app, ["oracle-mixture", "--base", base, "--experts", experts[0], "--experts", experts[1],
                             "--tasks", "add,sort", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
-    assert bl.recorded_expert_for_task(tmp_path / "o") == {"add": 0, "sort": 1}
+    assert recorded_expert_for_task(tmp_path / "o") == {"add": 0, "sort": 1}
     r = runner.invoke(app, ["build-arrow", "--base", base, "--experts", ",".join(experts), "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     for cmd in ("train-multitask", "train-prompt-router", "build-xlora"):

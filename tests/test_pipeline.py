@@ -27,7 +27,7 @@ def mini_recipe(base: Path, **kw) -> Recipe:
                                    n_eval=4),
         distill=dataclasses.replace(r.distill, n_prompts=4, samples=1),
         router=dataclasses.replace(r.router, max_steps=3, batch_size=4, attention_lora_rank=2),
-        remix=dataclasses.replace(r.remix, experts_n=3, k=2, rank=2, samples=2, steps=3, batch_size=4),
+        remix=dataclasses.replace(r.remix, n_experts=3, top_k=2, rank=2, samples=2, steps=3, batch_size=4),
         multitask=dataclasses.replace(r.multitask, steps=3, batch_size=4),
         evaluate=dataclasses.replace(r.evaluate, n=3, batch_size=8, mixed_pairs=[["add", "strings"]], mixed_n=2),
         **kw)

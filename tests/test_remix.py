@@ -13,7 +13,7 @@ import torch
 
 from loramix.errors import LoramixError
 from loramix.mixture import compose, load_mixture
-from loramix.routers import ReMixRouter, selection_log_prob
+from loramix.routers import ReMixOptions, ReMixRouter, selection_log_prob
 from loramix.train.data import read_traces
 from loramix.train.remix import (ReMixConfig, build_mixture, effective_sample_size, fit_remix, fresh_experts,
                                  rloo_surrogate, sequence_losses, train_remix)
@@ -129,13 +129,13 @@ def test_fresh_experts_shapes_and_zero_b(tiny):
     with torch.no_grad():
         ref = model(input_ids=ids).logits
         mix = compose(model, experts, router="remix", top_k=2, shared_router=False,
-                      router_kwargs={"rank": 4}, trainable_experts=True).train()
+                      router_options=ReMixOptions(rank=4), trainable_experts=True).train()
         assert torch.equal(mix(input_ids=ids).logits, ref)  # B = 0: starts equal to the base
 
 
 def test_gradient_paths_are_separated(tiny):
     """Routers get no gradient through the LoRA path; LoRAs get none from log Q (detached input)."""
-    cfg = ReMixConfig(traces=None, tasks=("x",), experts_n=4, k=2, rank=4)
+    cfg = ReMixConfig(traces=None, tasks=("x",), n_experts=4, top_k=2, rank=4)
     mix = build_mixture(copy.deepcopy(tiny[0]), cfg).train()
     with torch.no_grad():
         for n, p in mix.named_parameters():
@@ -167,8 +167,8 @@ def setup(tiny, tmp_path_factory):
     with open(root / "traces.jsonl", "w") as f:
         for i in range(8):
             f.write(json.dumps({"prompt": f"q{i}: ", "completion": f"abc{i} xyz{i}"}) + "\n")
-    base = ReMixConfig(out=root / "out", base=str(root / "base"), traces=root / "traces.jsonl", experts_n=4, k=2,
-                       rank=4, samples=4, steps=20, batch_size=4, lr=3e-2, logging_steps=1, save_steps=100,
+    base = ReMixConfig(out=root / "out", base=str(root / "base"), traces=root / "traces.jsonl", n_experts=4, top_k=2,
+                       rank=4, samples=4, steps=20, batch_size=4, learning_rate=3e-2, logging_steps=1, save_steps=100,
                        warmup_steps=0, threads=1)
     return root, base
 
@@ -200,7 +200,7 @@ def test_train_remix_learns_saves_and_reloads(setup):
             assert not torch.allclose(p, before[name]), name  # RLOO moved the routers
         if ".expert_Bt" in name:
             assert p.abs().max() > 0, name  # the LoRAs learned
-    assert not (root / "remix.ckpt").exists()
+    assert not (root / "remix.partial").exists()
     restored = load_mixture(out, AutoModelForCausalLM.from_pretrained(cfg.base)).eval()
     ids = torch.randint(4, 100, (2, 16))
     mix.eval()
@@ -222,19 +222,19 @@ def test_resume_from_checkpoint(setup):
     root, base = setup
     cfg = replace(base, out=root / "resume", steps=4, save_steps=2, keep_checkpoints=True, samples=2)
     train_remix(cfg)
-    assert (root / "resume.ckpt" / "checkpoint-4").is_dir()
+    assert (root / "resume.partial" / "checkpoint-4").is_dir()
     import shutil
 
     shutil.rmtree(root / "resume")
     train_remix(replace(cfg, steps=6, keep_checkpoints=False))
     metrics = json.loads((root / "resume" / "metrics.json").read_text())
     assert metrics["resumed"] and metrics["steps"] == 6
-    assert not (root / "resume.ckpt").exists()
+    assert not (root / "resume.partial").exists()
 
 
 def test_config_and_data_errors(setup, tmp_path):
     root, base = setup
-    for bad in (dict(k=5), dict(samples=1), dict(router="soft"), dict(traces=None), dict(logq_tokens="x")):
+    for bad in (dict(top_k=5), dict(samples=1), dict(router="soft"), dict(traces=None), dict(logq_tokens="x")):
         with pytest.raises(LoramixError):
             replace(base, **bad).validate()
     f = tmp_path / "t.jsonl"

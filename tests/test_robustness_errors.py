@@ -176,6 +176,7 @@ def test_unwritable_output_is_a_user_error(env, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def mixture_dir(env, tmp_path_factory):
+    from loramix.mixture import MixtureConfig
     from loramix.train.router import RouterTrainConfig, train_router
 
     root, e, traces = env
@@ -187,7 +188,8 @@ def mixture_dir(env, tmp_path_factory):
             (work / name / f).write_bytes((Path(e[name]) / f).read_bytes())
         experts.append(str(work / name))
     out = train_router(RouterTrainConfig(base=str(root / "base"), experts=experts, traces=str(traces),
-                                         out=str(work / "mix"), max_steps=2, batch_size=2, attention_lora_rank=0,
+                                         out=str(work / "mix"), max_steps=2, batch_size=2,
+                                         mixture=MixtureConfig(attention_lora_rank=0),
                                          progress=False, save_steps=10))
     return out, experts
 

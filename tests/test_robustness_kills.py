@@ -228,7 +228,7 @@ def test_train_remix_killed_with_sigkill_and_sigterm_resumes_bit_identical(setup
     _both_signals(tmp_path, args, step=4)
     for name in ("kill", "term"):
         assert not (tmp_path / name).exists()
-    torn = tmp_path / "term.ckpt" / "checkpoint-4"
+    torn = tmp_path / "term.partial" / "checkpoint-4"
     assert torn.is_dir() and not (torn / "trainer_state.json").exists()
     run_cli(args("ref"))
     for name in ("kill", "term"):

@@ -25,11 +25,13 @@ def setup(tmp_path_factory):
 
 
 def _router(setup, out, seed=0):
+    from loramix.mixture import MixtureConfig
     from loramix.train.router import RouterTrainConfig, train_router
 
     root, experts, traces = setup
     return train_router(RouterTrainConfig(base=str(root / "base"), experts=experts, traces=str(traces), out=str(out),
-                                          router="gumbel", max_steps=4, batch_size=3, attention_lora_rank=2,
+                                          mixture=MixtureConfig(router="gumbel", attention_lora_rank=2),
+                                          max_steps=4, batch_size=3,
                                           save_steps=10, learning_rate=5e-2, seed=seed, progress=False))
 
 
@@ -74,7 +76,8 @@ def _digests(experts):
 
 
 def test_outputs_record_version_config_seed_and_input_digests(setup, tmp_path):
-    from loramix.train.baselines import MultitaskConfig, merge_experts, train_multitask
+    from loramix.baselines.merges import merge_experts
+    from loramix.train.multitask import MultitaskConfig, train_multitask
     from loramix.train.remix import ReMixConfig, train_remix
 
     root, experts, traces = setup
@@ -84,7 +87,7 @@ def test_outputs_record_version_config_seed_and_input_digests(setup, tmp_path):
     assert m["loramix_version"] == loramix.__version__ and m["seed"] == 7 and m["config"]["seed"] == 7
     assert m["inputs_sha256"] == {**traces_digest, **_digests(experts)}
 
-    out = train_remix(ReMixConfig(out=tmp_path / "remix", base=str(root / "base"), traces=traces, experts_n=2, k=1,
+    out = train_remix(ReMixConfig(out=tmp_path / "remix", base=str(root / "base"), traces=traces, n_experts=2, top_k=1,
                                   rank=2, samples=2, steps=2, batch_size=2, save_steps=10, logging_steps=1,
                                   max_length=64, seed=5))
     m = json.loads((out / "metrics.json").read_text())

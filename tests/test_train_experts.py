@@ -47,7 +47,7 @@ def base_dir(tmp_path_factory):
 def small(base_dir, out, **kw) -> ExpertTrainConfig:
     args = dict(task=TEST_TASK, base=str(base_dir), out=out, steps=4, batch_size=8, num_generations=4,
                 n_train=16, n_eval=4, max_completion_length=12, save_steps=2, learning_rate=1e-2,
-                lora_r=4, lora_alpha=8, threads=1, progress=False, eval_batch_size=4)
+                rank=4, alpha=8, threads=1, progress=False, eval_batch_size=4)
     args.update(kw)
     return ExpertTrainConfig(**args)
 
@@ -93,7 +93,7 @@ def test_grpo_writes_a_peft_adapter_and_metrics(base_dir, tmp_path, capsys):
     assert m["base_sha256"] == sha256_file(base_dir / "model.safetensors")
     assert 0 <= m["accuracy_before"] <= 1 and 0 <= m["accuracy_after"] <= 1
     assert m["eval"]["split"] == "validation" and m["eval"]["decoding"] == "greedy"
-    assert m["config"]["lora_r"] == 4 and m["config"]["steps"] == 4 and m["train_seconds"] > 0
+    assert m["config"]["rank"] == 4 and m["config"]["steps"] == 4 and m["train_seconds"] > 0
 
     # rerun on a complete folder: a no-op that says so
     stamp = (out / "adapter_model.safetensors").stat().st_mtime_ns
@@ -157,8 +157,8 @@ def test_grpo_from_an_sft_expert_equals_warmup_then_grpo(base_dir, tmp_path):
 
     with pytest.raises(LoramixError, match="init_adapter.*not both"):
         train_expert(small(base_dir, tmp_path / "x", init_adapter=sft, sft_warmup_steps=1))
-    with pytest.raises(LoramixError, match="init_adapter.*r is 4.*lora_r=8"):
-        train_expert(small(base_dir, tmp_path / "x", init_adapter=sft, lora_r=8))
+    with pytest.raises(LoramixError, match="init_adapter.*r is 4.*rank=8"):
+        train_expert(small(base_dir, tmp_path / "x", init_adapter=sft, rank=8))
     with pytest.raises(LoramixError, match="not a PEFT adapter folder"):
         train_expert(small(base_dir, tmp_path / "x", init_adapter=tmp_path))
     assert not (tmp_path / "x").exists()
@@ -275,7 +275,7 @@ def test_cli_train_expert(base_dir, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["method"] == "sft" and m["config"]["lora_r"] == 2
+    assert m["method"] == "sft" and m["config"]["rank"] == 2
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "already trained" in res.output
     res = runner.invoke(app, args[:-1] + ["--method", "grpo", "--batch-size", "6", "--num-generations", "4"])
@@ -288,7 +288,7 @@ def test_cli_defaults_match_the_config():
 
     from loramix.cli import train_expert_cmd
 
-    names = {"lr": "learning_rate", "sft_lr": "sft_learning_rate", "rank": "lora_r", "alpha": "lora_alpha"}
+    names = {"lr": "learning_rate", "sft_lr": "sft_learning_rate"}
     defaults = {f.name: f.default for f in fields(ExpertTrainConfig)}
     for p in inspect.signature(train_expert_cmd).parameters.values():
         key = names.get(p.name, p.name)

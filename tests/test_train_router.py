@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 import loramix
 from loramix.errors import DataError
 from loramix.train.data import read_traces
+from loramix.mixture import MixtureConfig
 from loramix.train.router import RouterTrainConfig, train_router
 
 from conftest import addition_traces, make_adapter, saved_tiny_base
@@ -25,10 +26,11 @@ def setup(tmp_path_factory):
     return root, experts, addition_traces(root / "traces.jsonl", 4, 4)
 
 
-def cfg(setup, out, **kw):
+def cfg(setup, out, router="hard", **kw):
     root, experts, traces = setup
     base = dict(base=str(root / "base"), experts=experts, traces=str(traces), out=str(out), batch_size=8,
-                max_steps=12, save_steps=4, logging_steps=2, learning_rate=5e-2, attention_lora_rank=2,
+                max_steps=12, save_steps=4, logging_steps=2, learning_rate=5e-2,
+                mixture=MixtureConfig(router=router, attention_lora_rank=2),
                 progress=False, warmup_ratio=0.0, lr_scheduler_type="constant")
     base.update(kw)
     return RouterTrainConfig(**base)
@@ -119,9 +121,10 @@ def test_cli_per_layer_router_and_router_options(setup, tmp_path):
     assert res.exit_code == 0, res.output
     conf = json.loads((out / "mixture_config.json").read_text())
     assert conf["shared_router"] is False
-    assert conf["router_kwargs"]["ste"] == "chosen"
+    assert conf["router_options"]["ste"] == "chosen"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["router_learning_rate"] == 0.02 and metrics["config"]["load_balance_coef"] == 0.01
+    assert metrics["config"]["router_learning_rate"] == 0.02
+    assert metrics["config"]["mixture"]["load_balance_coef"] == 0.01
     from transformers import AutoModelForCausalLM
 
     mix = loramix.load_mixture(out, AutoModelForCausalLM.from_pretrained(root / "base"))

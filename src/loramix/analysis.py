@@ -30,9 +30,11 @@ from typing import Sequence
 
 import torch
 
-from loramix.routers import effective_sample_size
-
 from loramix.errors import DataError, LoramixError
+from loramix.evaluate import evaluate_model, load_for_eval, parse_expert_pairs, parse_tasks, resolve_expert_map
+from loramix.io import atomic_path
+from loramix.mixture import MixtureModel
+from loramix.routers import effective_sample_size
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -372,10 +374,6 @@ def analyze_mixture(
     folder gets analysis.json, usage_heatmap.png, ess_steps.png (with a log) and tokens.html, all at
     once. Returns the content of analysis.json.
     """
-    from loramix.evaluate import evaluate_model, parse_tasks, resolve_expert_map
-    from loramix.io import atomic_path
-    from loramix.mixture import MixtureModel
-
     if not isinstance(mixture, MixtureModel):
         raise LoramixError("analyze needs a loramix mixture (a folder with mixture_config.json)")
     names = parse_tasks(tasks, mixed)
@@ -389,8 +387,8 @@ def analyze_mixture(
     sites = [s.name for s in mixture.sites]
     summaries = {t: task_routing_summary(report.routing[t], E, emap) for t in names}
     result = {
-        "mixture": {"router": mixture.settings.get("router"), "top_k": mixture.settings.get("top_k"),
-                    "shared_router": mixture.settings.get("shared_router"), "experts": mixture.expert_names,
+        "mixture": {"router": mixture.mixture_config.router, "top_k": mixture.mixture_config.top_k,
+                    "shared_router": mixture.mixture_config.shared_router, "experts": mixture.expert_names,
                     "sites": sites},
         "config": {**report.config, "html_layer": layer},
         "expert_for_task": emap,
@@ -428,8 +426,6 @@ def analyze_mixture(
 def analyze_path(mixture_dir: str | Path, tasks: Sequence[str], *, base: str | None = None,
                  expert_for: Sequence[str] | None = None, **kwargs) -> dict:
     """``load_for_eval`` a mixture folder, then ``analyze_mixture``."""
-    from loramix.evaluate import load_for_eval, parse_expert_pairs
-
     model, tok, kind = load_for_eval(mixture_dir, base)
     if kind != "mixture":
         raise LoramixError(f"{mixture_dir}: not a loramix mixture folder (no mixture_config.json)")

@@ -34,7 +34,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from loramix.errors import LoramixError
+from loramix.generation import generate
 from loramix.io import atomic_path
+from loramix.tasks import SYNTHETIC_TASKS, get_task
 
 # Bump when anything that changes the built weights changes (tokenizer, data, loop).
 BUILD_VERSION = 1
@@ -198,8 +200,6 @@ Pair = tuple[str, str]  # (prompt, completion)
 
 
 def _task_pairs(name: str, n: int, seed: int, difficulty: str) -> list[Pair]:
-    from loramix.tasks import get_task
-
     task = get_task(name)
     exs = task.examples(split="train", n=n, seed=seed, difficulty=difficulty)
     return [(ex.prompt, task.reference_completion(ex)) for ex in exs]
@@ -208,8 +208,6 @@ def _task_pairs(name: str, n: int, seed: int, difficulty: str) -> list[Pair]:
 def _domains(config: BaseConfig) -> tuple[str, ...]:
     if config.domains:
         return tuple(config.domains)
-    from loramix.tasks import SYNTHETIC_TASKS
-
     return tuple(SYNTHETIC_TASKS)
 
 
@@ -442,8 +440,6 @@ def base_info(path: str | Path) -> dict[str, Any]:
 def greedy_completions(model, tok, prompts: Sequence[str], *, batch_size: int = 64,
                        max_new_tokens: int = 256) -> list[str]:
     """Greedy completions of `prompts`, batched with left padding, stopping at `<eos>`."""
-    from loramix.generation import generate
-
     return [c[0].text for c in generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
 
 

@@ -43,9 +43,13 @@ from typing import Callable
 
 import torch
 
+import loramix
 from loramix.errors import LoramixError
+from loramix.experts import MLP_MODULES
+from loramix.io import read_json
+from loramix.report import replace_readme_section
+from loramix.routers import HardOptions, ReMixOptions
 
-MLP_TARGETS = ["gate_proj", "up_proj", "down_proj"]
 WORKLOADS = ("train", "prefill", "decode")
 METHODS_SINGLE = ("base", "peft_lora")
 METHODS_PER_E = ("hard", "hard_sparse", "soft", "remix", "xlora", "arrow")
@@ -156,7 +160,7 @@ def make_expert_folders(base, size: BenchSize, num: int, root: Path, seed: int =
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(share_copy(base), LoraConfig(r=size.rank, lora_alpha=2 * size.rank,
-                                                             target_modules=MLP_TARGETS, lora_dropout=0.0))
+                                                             target_modules=list(MLP_MODULES), lora_dropout=0.0))
     gen = torch.Generator().manual_seed(seed)
     folders = []
     for i in range(num):
@@ -183,8 +187,6 @@ class Method:
 
 
 def build_method(name: str, E: int | None, base, size: BenchSize, folders: list[Path]) -> Method:
-    import loramix
-
     if name == "base":
         return Method(name, None, share_copy(base), embed_grad=True)
     if name == "peft_lora":
@@ -197,10 +199,10 @@ def build_method(name: str, E: int | None, base, size: BenchSize, folders: list[
         return Method(name, E, loramix.compose(share_copy(base), chosen, router=name, seed=0))
     if name == "hard_sparse":
         return Method(name, E, loramix.compose(share_copy(base), chosen, router="hard", seed=0,
-                                               router_kwargs={"ste": "chosen"}))
+                                               router_options=HardOptions(ste="chosen")))
     if name == "remix":
         mix = loramix.compose(share_copy(base), chosen, router="remix", top_k=2, seed=0,
-                              router_kwargs={"rank": size.rank}, trainable_experts=True)
+                              router_options=ReMixOptions(rank=size.rank), trainable_experts=True)
         return Method(name, E, mix, surrogate=True)
     if name == "xlora":
         from peft import XLoraConfig, get_peft_model
@@ -341,6 +343,18 @@ def resolve_device(device: str) -> torch.device:
 
 # -- the benchmark ------------------------------------------------------------------------------
 
+Key = tuple[str, int | None, str]  # (method, E, workload)
+
+
+@dataclass
+class Timings:
+    """What the timed rounds measured: seconds of every call and the last round's peak memory per
+    (method, E, workload), and the wall time of each workload's phase."""
+
+    seconds: dict[Key, list[float]] = field(default_factory=dict)
+    peaks: dict[Key, float | None] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
 
 def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tuple[int, ...] | None = None,
               methods: tuple[str, ...] | None = None, workloads: tuple[str, ...] = WORKLOADS,
@@ -348,6 +362,38 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
               png_path: Path | None = None,
               measure_memory: bool = True, log: Callable[[str], None] | None = None) -> BenchResult:
     """Time every method on every workload; write ``json_path`` and ``png_path`` if given."""
+    size = resolve_size(size, experts, batch, repeats)
+    check_workloads(workloads)
+    methods = resolve_methods(methods)
+    dev = resolve_device(device)
+    log = log or (lambda _msg: None)
+    _quiet_libraries()
+
+    t_start = time.perf_counter()
+    base = build_base(size, dev)
+    ids, prompt = make_inputs(size, dev)
+    with tempfile.TemporaryDirectory(prefix="loramix-bench-") as tmp:
+        built = build_methods(methods, base, size, Path(tmp))
+        setup_s = time.perf_counter() - t_start
+        log(f"built {len(built)} models in {setup_s:.1f}s on {dev}")
+
+    timings = Timings()
+    for workload in workloads:
+        t0 = time.perf_counter()
+        time_workload(built, workload, ids, prompt, size, dev, measure_memory, timings)
+        timings.phase_seconds[workload] = time.perf_counter() - t0
+        log(f"{workload}: {timings.phase_seconds[workload]:.1f}s")
+
+    rows = collect_rows(timings)
+    meta = bench_meta(size, dev, base, built, setup_s, timings.phase_seconds)
+    result = BenchResult(rows, compute_targets(rows, size.experts), meta)
+    write_result(result, json_path, png_path, t_start)
+    return result
+
+
+def resolve_size(size: BenchSize | str, experts: tuple[int, ...] | None, batch: int | None,
+                 repeats: int | None) -> BenchSize:
+    """The named (or given) size with the expert counts, batch and repeats overridden where given."""
     if isinstance(size, str):
         if size not in SIZES:
             raise LoramixError(f"unknown bench size {size!r}; valid: {', '.join(SIZES)}")
@@ -364,9 +410,18 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
         if repeats < 1:
             raise LoramixError(f"repeats must be >= 1, got {repeats}")
         size = BenchSize(**{**asdict(size), "repeats": repeats})
+    return size
+
+
+def check_workloads(workloads: tuple[str, ...]) -> None:
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
         raise LoramixError(f"unknown workload(s) {bad}; valid: {', '.join(WORKLOADS)}")
+
+
+def resolve_methods(methods: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The methods to time (default: all), with ``peft_lora`` added first when missing: it is the
+    reference of every ratio."""
     all_methods = METHODS_SINGLE + METHODS_PER_E
     methods = tuple(methods or all_methods)
     bad = [m for m in methods if m not in all_methods]
@@ -374,8 +429,11 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
         raise LoramixError(f"unknown method(s) {bad}; valid: {', '.join(all_methods)}")
     if "peft_lora" not in methods:
         methods = ("peft_lora",) + methods  # the reference of every ratio
-    dev = resolve_device(device)
-    log = log or (lambda _msg: None)
+    return methods
+
+
+def _quiet_libraries() -> None:
+    """No warnings, no hub access, HF logging at error level: the bench prints only its own progress."""
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -386,59 +444,79 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
     except Exception:  # pragma: no cover
         pass
 
-    t_start = time.perf_counter()
-    base = build_base(size, dev)
+
+def make_inputs(size: BenchSize, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random token ids: ``batch x seq`` for train and prefill, ``batch x prompt`` for decode."""
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, size.vocab, (size.batch, size.seq), generator=gen).to(dev)
     prompt = torch.randint(3, size.vocab, (size.batch, size.prompt), generator=gen).to(dev)
-    with tempfile.TemporaryDirectory(prefix="loramix-bench-") as tmp:
-        folders = make_expert_folders(base, size, max(size.experts + (size.other_experts or ())), Path(tmp))
-        built: list[Method] = []
-        for name in methods:
-            if name in METHODS_SINGLE:
-                built.append(build_method(name, None, base, size, folders))
-            else:
-                per_e = (size.experts if name in ("hard", "hard_sparse", "soft") or size.other_experts is None
-                         else size.other_experts)
-                for E in per_e:
-                    built.append(build_method(name, E, base, size, folders))
-        setup_s = time.perf_counter() - t_start
-        log(f"built {len(built)} models in {setup_s:.1f}s on {dev}")
+    return ids, prompt
 
-    times: dict[tuple[str, int | None, str], list[float]] = {}
-    peaks: dict[tuple[str, int | None, str], float | None] = {}
-    phase_s: dict[str, float] = {}
-    for workload in workloads:
-        t0 = time.perf_counter()
-        calls = [(m, make_call(m, workload, ids, prompt, size.new_tokens)) for m in built
-                 if workload == "train" or m.name not in TRAIN_ONLY]
-        for _ in range(size.warmup):
-            for m, call in calls:
-                call()
-        for rep in range(size.repeats):
-            last = rep == size.repeats - 1
-            for m, call in calls:  # interleaved: one call of every method per round
-                key = (m.name, m.experts, workload)
-                mem = _begin_peak(dev) if measure_memory and last else None
-                _sync(dev)
-                t = time.perf_counter()
-                call()
-                _sync(dev)
-                times.setdefault(key, []).append(time.perf_counter() - t)
-                if mem is not None:
-                    peaks[key] = _end_peak(dev, mem)
-        phase_s[workload] = time.perf_counter() - t0
-        log(f"{workload}: {phase_s[workload]:.1f}s")
 
+def build_methods(methods: tuple[str, ...], base, size: BenchSize, root: Path) -> list[Method]:
+    """Expert folders under ``root`` and every method built on ``base``: single-adapter methods once, the
+    others once per E (``size.experts`` for hard/soft, ``size.other_experts`` where set for the rest)."""
+    folders = make_expert_folders(base, size, max(size.experts + (size.other_experts or ())), root)
+    built: list[Method] = []
+    for name in methods:
+        if name in METHODS_SINGLE:
+            built.append(build_method(name, None, base, size, folders))
+        else:
+            per_e = (size.experts if name in ("hard", "hard_sparse", "soft") or size.other_experts is None
+                     else size.other_experts)
+            for E in per_e:
+                built.append(build_method(name, E, base, size, folders))
+    return built
+
+
+def time_workload(built: list[Method], workload: str, ids: torch.Tensor, prompt: torch.Tensor,
+                  size: BenchSize, dev: torch.device, measure_memory: bool, timings: Timings) -> None:
+    """Warm-up calls, then ``size.repeats`` interleaved rounds of every method on ``workload`` (peak
+    memory in the last round), recorded into ``timings``."""
+    calls = [(m, make_call(m, workload, ids, prompt, size.new_tokens)) for m in built
+             if workload == "train" or m.name not in TRAIN_ONLY]
+    for _ in range(size.warmup):
+        for m, call in calls:
+            call()
+    for rep in range(size.repeats):
+        last = rep == size.repeats - 1
+        for m, call in calls:  # interleaved: one call of every method per round
+            key = (m.name, m.experts, workload)
+            seconds, peak = time_call(call, dev, measure_memory and last)
+            timings.seconds.setdefault(key, []).append(seconds)
+            if peak is not None:
+                timings.peaks[key] = peak
+
+
+def time_call(call: Callable[[], None], dev: torch.device, measure_memory: bool) -> tuple[float, float | None]:
+    """Seconds of one call and, when ``measure_memory`` (and supported), its peak memory in MiB; the
+    memory window opens and closes outside the timer."""
+    mem = _begin_peak(dev) if measure_memory else None
+    _sync(dev)
+    t = time.perf_counter()
+    call()
+    _sync(dev)
+    seconds = time.perf_counter() - t
+    return seconds, (_end_peak(dev, mem) if mem is not None else None)
+
+
+def collect_rows(timings: Timings) -> list[BenchRow]:
+    """One row per (method, E, workload): median seconds, and the ratio to PEFT LoRA's on that workload."""
     rows: list[BenchRow] = []
-    for (name, E, workload), ts in times.items():
+    for (name, E, workload), ts in timings.seconds.items():
         note = "no KV cache" if workload == "decode" and name == "xlora" else ""
-        rows.append(BenchRow(name, E, workload, statistics.median(ts), None, ts, peaks.get((name, E, workload)), note))
+        rows.append(BenchRow(name, E, workload, statistics.median(ts), None, ts,
+                             timings.peaks.get((name, E, workload)), note))
     ref = {r.workload: r.seconds_median for r in rows if r.method == "peft_lora"}
     for r in rows:
         r.ratio_vs_peft_lora = r.seconds_median / ref[r.workload] if ref.get(r.workload) else None
+    return rows
 
-    meta = {
+
+def bench_meta(size: BenchSize, dev: torch.device, base, built: list[Method], setup_s: float,
+               phase_s: dict[str, float]) -> dict:
+    """The run's ``meta``: sizes, machine, timing and memory method, adapter sizes and phase times."""
+    return {
         "size": asdict(size),
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
@@ -463,17 +541,20 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
         "setup_seconds": round(setup_s, 2),
         "phase_seconds": {k: round(v, 2) for k, v in phase_s.items()},
     }
-    result = BenchResult(rows, compute_targets(rows, size.experts), meta)
+
+
+def write_result(result: BenchResult, json_path: Path | None, png_path: Path | None, t_start: float) -> None:
+    """Write the JSON (before plotting, so it exists even if the plot fails), the plot, then the JSON
+    again with ``meta["total_seconds"]``, which is set either way."""
     if json_path is not None:
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if png_path is not None:
-        result.png = plot_scaling(rows, Path(png_path), meta)
-    meta["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        result.png = plot_scaling(result.rows, Path(png_path), result.meta)
+    result.meta["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if json_path is not None:
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    return result
 
 
 # -- targets, tables, plot ----------------------------------------------------------------------
@@ -522,8 +603,6 @@ def compute_targets(rows: list[BenchRow], experts: tuple[int, ...]) -> list[Targ
 
 def load_result(path: str | Path) -> BenchResult:
     """A ``BenchResult`` back from the JSON ``run_bench`` wrote."""
-    from loramix.io import read_json
-
     path = Path(path)
     data = read_json(path)
     try:
@@ -540,8 +619,6 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def update_readme(result: BenchResult, json_path: str | Path, readme: str | Path = "README.md") -> Path:
     """Replace the README's bench section with ``result``'s tables (read back from ``json_path``)."""
-    from loramix.report import replace_readme_section
-
     meta, size = result.meta, result.meta.get("size", {})
     where = (f"{meta.get('device', '?')} ({meta.get('device_name', '?')}, {meta.get('threads', '?')} threads), "
              f"torch {meta.get('torch', '?')}")

@@ -16,12 +16,11 @@ from loramix.errors import LoramixError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 console = Console()
-_state = {"debug": False}
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
-    _state["debug"] = debug
+    """``--debug`` is read by ``main`` from ``sys.argv``; declared here so that it is a known option."""
 
 
 # --- core -------------------------------------------------------------------------------------
@@ -174,12 +173,13 @@ def train_expert_cmd(
     temperature: float = typer.Option(1.0, "--temperature", help="GRPO sampling temperature."),
     max_completion_length: Optional[int] = typer.Option(
         None, "--max-completion-length", help="Tokens per completion (default: longest reference + 25%)."),
-    lr: float = typer.Option(5e-4, "--lr", "--learning-rate", help="Learning rate."),
-    sft_lr: Optional[float] = typer.Option(None, "--sft-lr", help="Learning rate of the SFT phase (default: --lr)."),
+    lr: float = typer.Option(5e-4, "--learning-rate", "--lr", help="Learning rate."),
+    sft_lr: Optional[float] = typer.Option(None, "--sft-learning-rate", "--sft-lr", help="Learning rate of the SFT phase (default: --learning-rate)."),
     init_adapter: Optional[Path] = typer.Option(
         None, "--init-adapter", help="Start from this PEFT adapter, e.g. the same-size SFT expert (reported as sft+grpo)."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank r."),
     alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    dropout: float = typer.Option(0.0, "--dropout", help="LoRA dropout."),
     beta: float = typer.Option(0.0, "--beta", help="GRPO KL coefficient (0: no reference model)."),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
     n_train: int = typer.Option(1000, "--n-train", help="Number of train prompts."),
@@ -197,7 +197,8 @@ def train_expert_cmd(
         task=task, base=base, out=out, method=method, sft_warmup_steps=sft_warmup_steps, steps=steps,
         batch_size=batch_size, num_generations=num_generations, temperature=temperature,
         max_completion_length=max_completion_length, learning_rate=lr, sft_learning_rate=sft_lr,
-        init_adapter=init_adapter, lora_r=rank, lora_alpha=alpha, beta=beta, difficulty=difficulty, n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
+        init_adapter=init_adapter, rank=rank, alpha=alpha, dropout=dropout, beta=beta, difficulty=difficulty,
+        n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
         threads=threads, force=force, progress=not quiet,
     )
     train_expert(config, console=console)
@@ -210,15 +211,15 @@ def train_remix_cmd(
     task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable)."),
     traces: Optional[Path] = typer.Option(None, "--traces", help="JSONL file with prompt/completion fields."),
     router: str = typer.Option("remix", "--router", help="remix (RLOO, sampled top-k) or topk (MixLoRA baseline)."),
-    experts_n: int = typer.Option(8, "--experts-n", help="Fresh LoRA experts per layer."),
-    k: int = typer.Option(2, "--k", help="Experts active per token."),
+    n_experts: int = typer.Option(8, "--n-experts", "--experts-n", help="Fresh LoRA experts per layer."),
+    top_k: int = typer.Option(2, "--top-k", "--k", help="Experts active per token."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank r of each expert."),
     samples: int = typer.Option(4, "--samples", help="RLOO samples M per sequence (remix)."),
     omega: str = typer.Option("linear", "--omega", help="ReMix weight: linear 2/(kr) or sqrt 2/sqrt(kr)."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step (each repeated M times)."),
-    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
-    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="Router learning rate (default: --lr)."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", "--lr", help="Learning rate."),
+    router_learning_rate: Optional[float] = typer.Option(None, "--router-learning-rate", "--router-lr", help="Router learning rate (default: --learning-rate)."),
     n_examples: int = typer.Option(512, "--n-examples", help="Train examples per task."),
     difficulty: Optional[str] = typer.Option(None, "--difficulty", help="Task difficulty (default: the task's)."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence."),
@@ -227,15 +228,17 @@ def train_remix_cmd(
     logging_steps: int = typer.Option(10, "--logging-steps", help="Log (loss, ESS per layer) every this many steps."),
     save_steps: int = typer.Option(100, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train fresh LoRA experts + per-layer routers with ReMix (RLOO) or the top-k baseline."""
     from loramix.train.remix import ReMixConfig, train_remix
 
     config = ReMixConfig(
-        out=out, base=base, tasks=tuple(task or ()), traces=traces, router=router, experts_n=experts_n, k=k,
-        rank=rank, samples=samples, omega=omega, steps=steps, batch_size=batch_size, lr=lr, router_lr=router_lr,
+        out=out, base=base, tasks=tuple(task or ()), traces=traces, router=router, n_experts=n_experts, top_k=top_k,
+        rank=rank, samples=samples, omega=omega, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        router_learning_rate=router_learning_rate,
         n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,
-        logging_steps=logging_steps, save_steps=save_steps, threads=threads,
+        logging_steps=logging_steps, save_steps=save_steps, threads=threads, progress=not quiet,
     )
     path = train_remix(config)
     console.print(f"mixture: {path}", highlight=False, soft_wrap=True)
@@ -257,7 +260,7 @@ def merge_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed (DARE's random drop)."),
 ) -> None:
     """Merge experts into one PEFT adapter (PEFT add_weighted_adapter: linear, cat, TIES, DARE)."""
-    from loramix.train.baselines import merge_experts
+    from loramix.baselines.merges import merge_experts
 
     ws = [float(w) for w in _bl_split(weights)] or None
     path = merge_experts(base, _bl_split(experts), method, out, weights=ws, density=density, seed=seed)
@@ -273,7 +276,7 @@ def train_multitask_cmd(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (default: 2 x rank)."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
-    lr: float = typer.Option(5e-4, "--lr", "--learning-rate", help="Learning rate."),
+    lr: float = typer.Option(5e-4, "--learning-rate", "--lr", help="Learning rate."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
@@ -282,7 +285,7 @@ def train_multitask_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train one multi-task LoRA (MLP projections) by SFT on a traces file; resumes if interrupted."""
-    from loramix.train.baselines import MultitaskConfig, train_multitask
+    from loramix.train.multitask import MultitaskConfig, train_multitask
 
     config = MultitaskConfig(base=base, traces=str(traces), out=str(out), rank=rank, alpha=alpha, steps=steps,
                              batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
@@ -304,7 +307,7 @@ def train_prompt_router_cmd(
     """Train a prompt-level router: one expert per prompt from the base model's mean-pooled prompt states."""
     import json as _json
 
-    from loramix.train.baselines import build_prompt_router
+    from loramix.train.prompt_router import build_prompt_router
 
     path = build_prompt_router(base, _bl_split(experts), out, traces=traces, tasks=_bl_split(tasks) or None,
                                n_per_task=n_per_task, steps=steps, seed=seed)
@@ -320,7 +323,7 @@ def oracle_mixture_cmd(
     out: Path = typer.Option(..., "--out", help="Output mixture folder (for evaluate --routing oracle)."),
 ) -> None:
     """Save a fixed-router mixture whose experts are named after their tasks (oracle routing)."""
-    from loramix.train.baselines import make_oracle_mixture
+    from loramix.baselines.oracle import make_oracle_mixture
 
     path = make_oracle_mixture(base, _bl_split(experts), _bl_split(tasks), out)
     console.print(f"oracle mixture: {path}", highlight=False, soft_wrap=True)
@@ -334,14 +337,14 @@ def build_xlora_cmd(
     traces: Optional[Path] = typer.Option(None, "--traces", help="Train the X-LoRA classifier by SFT on these traces."),
     steps: int = typer.Option(0, "--steps", help="Classifier SFT steps (0: untrained classifier)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
-    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
+    lr: float = typer.Option(1e-3, "--learning-rate", "--lr", help="Learning rate."),
     depth: int = typer.Option(1, "--depth", help="X-LoRA classifier depth."),
     layerwise: bool = typer.Option(False, "--layerwise", help="Layer-wise scalings."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """PEFT X-LoRA over the experts (classifier optionally trained by SFT on traces)."""
-    from loramix.train.baselines import build_xlora
+    from loramix.train.xlora import build_xlora
 
     path = build_xlora(base, _bl_split(experts), out, traces=traces, steps=steps, batch_size=batch_size,
                        learning_rate=lr, seed=seed, progress=not quiet, xlora_depth=depth, layerwise_scalings=layerwise)
@@ -358,7 +361,7 @@ def build_arrow_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed."),
 ) -> None:
     """PEFT Arrow (training-free routing) over the experts."""
-    from loramix.train.baselines import build_arrow
+    from loramix.baselines.peft_mixtures import build_arrow
 
     path = build_arrow(base, _bl_split(experts), out, top_k=top_k, router_temperature=temperature, seed=seed)
     console.print(f"Arrow: {path}", highlight=False, soft_wrap=True)
@@ -403,10 +406,10 @@ def train_router_cmd(
     steps: int = typer.Option(-1, "--steps", help="Optimizer steps (-1: --epochs over the traces)."),
     epochs: float = typer.Option(1.0, "--epochs", help="Epochs over the traces (when --steps is -1)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
-    lr: float = typer.Option(1e-3, "--lr", "--learning-rate", help="Learning rate."),
-    router_lr: Optional[float] = typer.Option(None, "--router-lr", help="The router's own learning rate (default: --lr)."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", "--lr", help="Learning rate."),
+    router_learning_rate: Optional[float] = typer.Option(None, "--router-learning-rate", "--router-lr", help="The router's own learning rate (default: --learning-rate)."),
     per_layer_router: bool = typer.Option(False, "--per-layer-router", help="One router per layer instead of one shared router."),
-    ste: str = typer.Option("full", "--ste", help="hard/gumbel: straight-through over every expert (full: each expert is computed in training) or the chosen one only (chosen: sparse)."),
+    ste: Optional[str] = typer.Option(None, "--ste", help="hard/gumbel straight-through estimator: full (the paper's formula; every expert is computed in training; the default) or chosen (the authors' released code; sparse)."),
     load_balance: float = typer.Option(0.0, "--load-balance", help="Switch load-balancing loss coefficient."),
     z_loss: float = typer.Option(0.0, "--z-loss", help="Router z-loss coefficient."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
@@ -415,15 +418,17 @@ def train_router_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Stage 2b: train the router (+ attention LoRA) over frozen experts; resumes if interrupted."""
+    from loramix.mixture import MixtureConfig
+    from loramix.routers import router_options
     from loramix.train.router import RouterTrainConfig, train_router
 
-    cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), router=router,
-                            top_k=top_k, attention_lora_rank=attention_rank, max_steps=steps,
-                            num_train_epochs=epochs, batch_size=batch_size, learning_rate=lr,
-                            router_learning_rate=router_lr, shared_router=not per_layer_router,
-                            router_kwargs={"ste": ste} if router in ("hard", "gumbel") else {},
-                            load_balance_coef=load_balance, z_loss_coef=z_loss, max_length=max_length,
-                            save_steps=save_steps, seed=seed, progress=not quiet)
+    mixture = MixtureConfig(router=router, top_k=top_k, shared_router=not per_layer_router,
+                            router_options=router_options(router, ste=ste), attention_lora_rank=attention_rank,
+                            load_balance_coef=load_balance, z_loss_coef=z_loss)
+    cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), mixture=mixture,
+                            max_steps=steps, num_train_epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, router_learning_rate=router_learning_rate, max_length=max_length, save_steps=save_steps, seed=seed,
+                            progress=not quiet)
     console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)
 
 

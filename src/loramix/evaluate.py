@@ -279,7 +279,7 @@ class _BatchHook:
     def _prompt_experts(self, idx: list[int]) -> list[int]:
         classifier = getattr(self.model, "prompt_router", None)
         if classifier is not None:  # a trained prompt-level classifier (loramix train-prompt-router)
-            from loramix.train.baselines import route_prompts
+            from loramix.baselines.prompt_router import route_prompts
 
             return route_prompts(self.model, self.tok, [self.prompts[i] for i in idx], classifier)
         enc = self.tok([self.prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -562,7 +562,7 @@ def load_for_eval(path: str | Path, base: str | None = None):
             recorded = None
         model, tok = load_base_model(_base_from_config(path, base, recorded, "mixture"))
         mixture = load_mixture(path, model).eval()
-        from loramix.train.baselines import has_prompt_router, load_prompt_router
+        from loramix.baselines.prompt_router import has_prompt_router, load_prompt_router
 
         if has_prompt_router(path):
             mixture.prompt_router = load_prompt_router(path)
@@ -591,7 +591,7 @@ def load_for_eval(path: str | Path, base: str | None = None):
             tok = load_base_model(base)[1]
         tok.padding_side = "left"
         return model, tok, "base" if (path / META_FILE).is_file() else "hf"
-    from loramix.train.baselines import BASELINE_FILE, baseline_kind, load_baseline
+    from loramix.baselines.peft_mixtures import BASELINE_FILE, baseline_kind, load_baseline
 
     if (path / BASELINE_FILE).is_file():  # PEFT X-LoRA / Arrow over the experts
         model, tok = load_baseline(path, base)

@@ -23,6 +23,7 @@ from loramix.io import sha256_file
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")  # where experts live by default (MoR-LoRA, ReMix)
 _PREFIX = "base_model.model."
 
 
@@ -175,6 +176,37 @@ def load_experts(folders, model: nn.Module, names=None) -> list[Expert]:
     if len(set(names)) != len(names):
         raise LoramixError(f"expert names must be unique, got {names}")
     return experts
+
+
+def adapter_folders(folders) -> list[Path]:
+    """The expert folders as paths; refuses an empty list or a folder without ``adapter_config.json``."""
+    paths = [Path(f) for f in folders]
+    if not paths:
+        raise LoramixError("no experts given (--experts DIR ...)")
+    for p in paths:
+        if not (p / CONFIG_NAME).is_file():
+            raise LoramixError(f"{p}: not a PEFT adapter folder (no {CONFIG_NAME})")
+    return paths
+
+
+def expert_digests(folder: str | Path) -> dict[str, str]:
+    """The sha256 of an expert folder's config and weights, as a saved mixture records them."""
+    folder = Path(folder)
+    return {f: sha256_file(folder / f) for f in (CONFIG_NAME, WEIGHTS_NAME) if (folder / f).is_file()}
+
+
+def check_expert_digests(folder: str | Path, recorded: dict[str, str], recorded_in: str, accept_changed: bool = False,
+                         hint: str = "") -> None:
+    """Refuse an expert folder whose files differ from the digests ``recorded`` (in ``recorded_in``)
+    when a mixture or baseline was saved, unless ``accept_changed``."""
+    if accept_changed:
+        return
+    for fname, digest in recorded.items():
+        f = Path(folder) / fname
+        actual = sha256_file(f) if f.is_file() else None
+        if actual != digest:
+            raise LoramixError(f"{f}: sha256 differs from the one recorded in {recorded_in}; the expert changed "
+                               f"since it was saved" + (f" ({hint})" if hint else ""))
 
 
 @dataclass

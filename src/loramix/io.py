@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from loramix.errors import LoramixError
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -29,8 +31,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as err:  # a user path: one-line error, not a traceback
-        from loramix.errors import LoramixError
-
         raise LoramixError(f"{path}: cannot write there ({err.strerror or err})") from None
     target = tmp / path.name
     try:
@@ -49,8 +49,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def read_json(path: str | Path, missing: str = "missing") -> Any:
     """The JSON in ``path``; a missing or malformed file is a one-line ``LoramixError`` naming it."""
-    from loramix.errors import LoramixError
-
     path = Path(path)
     if not path.is_file():
         raise LoramixError(f"{path}: {missing}")

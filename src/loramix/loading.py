@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from loramix.base_model import ensure_base
 from loramix.errors import LoramixError
 from loramix.io import sha256_file
 
@@ -16,8 +17,6 @@ def resolve_base(base: str | Path) -> Path:
     """`default` -> the embedded default base (built on first use); anything else must be a folder
     holding an HF causal LM (config.json) and its tokenizer."""
     if str(base) == "default":
-        from loramix.base_model import ensure_base
-
         return ensure_base()
     path = Path(base).expanduser()
     if not path.is_dir():
@@ -57,3 +56,10 @@ def load_model_and_tokenizer(path: str | Path):
 def load_base_model(base: str | Path):
     """``(model, tokenizer)`` for ``--base`` (a folder, or ``default``)."""
     return load_model_and_tokenizer(resolve_base(base))
+
+
+def load_base(base: str | Path):
+    """``(model, tokenizer, path)`` for ``--base``: ``load_base_model`` plus the resolved folder."""
+    path = resolve_base(base)
+    model, tok = load_model_and_tokenizer(path)
+    return model, tok, path

@@ -13,9 +13,10 @@ buffers with ``requires_grad=False`` (unless ``trainable_experts``, as ReMix nee
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,15 +25,65 @@ from torch import nn
 
 from loramix import __version__
 from loramix.errors import LoramixError
-from loramix.experts import CONFIG_NAME, WEIGHTS_NAME, Expert, LoraWeights, load_experts, stack_module
-from loramix.io import atomic_path, read_json, sha256_file
+from loramix.experts import (CONFIG_NAME, WEIGHTS_NAME, Expert, LoraWeights, check_expert_digests, load_expert,
+                             load_experts, stack_module)
+from loramix.io import atomic_path, read_json
 from loramix.kernels import routed_lora
-from loramix.routers import ROUTERS, Routing, fixed_routing, load_balance_loss, make_router, z_loss
+from loramix.routers import (Routing, RouterOptions, build_options, fixed_routing, load_balance_loss, make_router,
+                             router_class, z_loss)
 
 MIXTURE_CONFIG = "mixture_config.json"
 MIXTURE_WEIGHTS = "mixture.safetensors"
 ATTENTION_ADAPTER = "attention"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 stored the router's options as "router_kwargs"
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class MixtureConfig:
+    """Every option of a mixture: how tokens are routed and what trains. ``compose`` builds the model
+    from it, ``save_pretrained`` stores ``to_dict()`` and ``load_mixture`` rebuilds it.
+
+    router: ``hard`` (MoR-LoRA), ``soft``, ``topk``, ``gumbel``, ``remix`` or ``fixed``.
+    top_k: experts per token (None: the router's default; hard 1, topk and remix 2, soft all).
+    shared_router: one router for all sites (MoR-LoRA) or one per site (ReMix).
+    router_options: the router's own ``Options`` (e.g. ``HardOptions(ste="chosen")``); None: defaults.
+    attention_lora_rank: if > 0, a trainable PEFT LoRA on ``attention_targets`` (alpha: None = rank).
+    load_balance_coef, z_loss_coef: auxiliary losses added to the training loss.
+    trainable_experts: the experts train too (ReMix); else they are frozen buffers.
+    """
+
+    router: str = "hard"
+    top_k: int | None = None
+    shared_router: bool = True
+    router_options: RouterOptions | None = None
+    attention_lora_rank: int = 0
+    attention_lora_alpha: float | None = None
+    attention_targets: tuple[str, ...] = ATTENTION_TARGETS
+    load_balance_coef: float = 0.0
+    z_loss_coef: float = 0.0
+    trainable_experts: bool = False
+
+    def __post_init__(self):
+        self.router_options = build_options(router_class(self.router), self.router_options)
+        self.attention_targets = tuple(self.attention_targets)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["attention_targets"] = list(self.attention_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path = "mixture config") -> "MixtureConfig":
+        """The config recorded in a saved mixture; other keys (metadata) are ignored."""
+        d = dict(d)
+        if "router_kwargs" in d and "router_options" not in d:  # format 1
+            d["router_options"] = d.pop("router_kwargs")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except (LoramixError, TypeError) as err:
+            raise LoramixError(f"{source}: {err}") from None
 
 
 class RoutedLinear(nn.Module):
@@ -96,17 +147,16 @@ class MixtureModel(nn.Module):
     TRL's trainers take it like a model."""
 
     def __init__(self, model: nn.Module, experts: list[Expert], sites: list[RouteSite],
-                 routers: nn.ModuleList, settings: dict):
+                 routers: nn.ModuleList, mixture_config: MixtureConfig):
         super().__init__()
         self.model = model
         self.routers = routers
         self.experts = experts
         self.sites = sites
-        self.settings = settings
+        self.mixture_config = mixture_config  # not ``config``: that is the wrapped model's, for HF
+        self.metadata: dict = {}  # saved beside the config (e.g. a baseline's expert_for_task)
         self._override: dict | None = None
         self.record_routing = True
-        self.load_balance_coef = float(settings.get("load_balance_coef", 0.0))
-        self.z_loss_coef = float(settings.get("z_loss_coef", 0.0))
 
     # -- delegation ------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -182,24 +232,28 @@ class MixtureModel(nn.Module):
         finally:
             self._override = previous
 
-    def aux_loss(self) -> torch.Tensor:
-        """The enabled auxiliary losses, averaged over the sites of the last forward."""
+    def aux_loss(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The enabled auxiliary losses, averaged over the sites of the last forward; padding
+        (``attention_mask`` == 0) is left out of the load-balance loss."""
+        cfg = self.mixture_config
         routings = [s.routing for s in self.sites if s.routing is not None and s.routing.logits is not None]
         total = next(self.parameters()).new_zeros(())
         if not routings:
             return total
-        if self.load_balance_coef:
-            total = total + self.load_balance_coef * sum(load_balance_loss(r) for r in routings) / len(routings)
-        if self.z_loss_coef:
-            total = total + self.z_loss_coef * sum(z_loss(r) for r in routings) / len(routings)
+        if cfg.load_balance_coef:
+            mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            balance = sum(load_balance_loss(r, mask) for r in routings) / len(routings)
+            total = total + cfg.load_balance_coef * balance
+        if cfg.z_loss_coef:
+            total = total + cfg.z_loss_coef * sum(z_loss(r) for r in routings) / len(routings)
         return total
 
     # -- model API -------------------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         self.reset_routing_trace()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-        if self.training and (self.load_balance_coef or self.z_loss_coef):
-            aux = self.aux_loss()
+        if self.training and (self.mixture_config.load_balance_coef or self.mixture_config.z_loss_coef):
+            aux = self.aux_loss(attention_mask)
             out["aux_loss"] = aux
             if getattr(out, "loss", None) is not None:
                 out["loss"] = out.loss + aux
@@ -249,13 +303,13 @@ class MixtureModel(nn.Module):
         """Write the router(s), the attention LoRA and any trainable experts (safetensors) plus
         ``mixture_config.json`` naming each expert folder and its sha256. Atomic."""
         save_directory = Path(save_directory)
-        config = dict(self.settings)
+        config = {**self.mixture_config.to_dict(), **self.metadata}
         config.update(
             format_version=FORMAT_VERSION,
             loramix_version=__version__,
             base_model={"class": type(self.model).__name__,
                         "name_or_path": getattr(self.model.config, "_name_or_path", None)},
-            experts=[_expert_entry(e, self.settings.get("trainable_experts", False)) for e in self.experts],
+            experts=[_expert_entry(e, self.mixture_config.trainable_experts) for e in self.experts],
             sites=[s.name for s in self.sites],
             trainable_parameters=self.trainable_parameters(),
         )
@@ -283,87 +337,72 @@ def _as_experts(experts, model, names) -> list[Expert]:
     return load_experts(experts, model, names)
 
 
-def compose(
-    model: nn.Module,
-    experts,
-    router: str = "hard",
-    top_k: int | None = None,
-    shared_router: bool = True,
-    attention_lora_rank: int = 0,
-    attention_lora_alpha: float | None = None,
-    attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-    router_kwargs: dict | None = None,
-    load_balance_coef: float = 0.0,
-    z_loss_coef: float = 0.0,
-    expert_names: list[str] | None = None,
-    trainable_experts: bool = False,
-    seed: int | None = None,
-) -> MixtureModel:
-    """Place ``experts`` (PEFT adapter folders or ``Expert`` objects) inside ``model`` and route them.
-
-    router: one of ``hard`` (MoR-LoRA default), ``soft``, ``topk``, ``gumbel``, ``remix``, ``fixed``.
-    shared_router: one router for all sites (MoR-LoRA) or one per site (ReMix).
-    attention_lora_rank: if > 0, a trainable PEFT LoRA on ``attention_targets``.
+def compose(model: nn.Module, experts, config: MixtureConfig | None = None, *,
+            expert_names: list[str] | None = None, seed: int | None = None, **options) -> MixtureModel:
+    """Place ``experts`` (PEFT adapter folders or ``Expert`` objects) inside ``model`` and route them
+    as ``config`` says. Keyword ``options`` are sugar for a ``MixtureConfig``:
+    ``compose(model, folders, router="soft")``. ``seed`` seeds the routers' initial weights.
     The base model's own parameters are frozen. ``model`` is modified in place.
     """
+    if config is not None and options:
+        raise LoramixError("give compose a MixtureConfig or keyword options, not both")
+    config = config if config is not None else MixtureConfig(**options)
     if isinstance(model, MixtureModel):
         raise LoramixError("model is already a mixture")
-    if router not in ROUTERS:
-        from loramix.errors import unknown_name
-
-        raise unknown_name("router", router, ROUTERS)
     experts = _as_experts(list(experts), model, expert_names)
     if not experts:
         raise LoramixError("compose needs at least one expert")
     for p in model.parameters():
         p.requires_grad_(False)
-    modules = dict(model.named_modules())
     targets = sorted({m for e in experts for m in e.modules})
     site_names = sorted({t.rpartition(".")[0] for t in targets}, key=_natural_key)
     hidden = _text_config(model.config).hidden_size
-    settings = dict(router=router, top_k=top_k, shared_router=shared_router,
-                    attention_lora_rank=attention_lora_rank, attention_lora_alpha=attention_lora_alpha,
-                    attention_targets=list(attention_targets), router_kwargs=dict(router_kwargs or {}),
-                    load_balance_coef=load_balance_coef, z_loss_coef=z_loss_coef,
-                    trainable_experts=trainable_experts)
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        n_routers = 1 if shared_router else len(site_names)
         routers = nn.ModuleList(
-            make_router(router, hidden, len(experts), top_k, **(router_kwargs or {})) for _ in range(n_routers))
-        settings["top_k"] = routers[0].top_k
-        sites = [RouteSite(name, 0 if shared_router else i) for i, name in enumerate(site_names)]
-        mixture = MixtureModel(model, experts, sites, routers, settings)
-        by_name = {s.name: s for s in sites}
-        for target in targets:
-            base = modules[target]
-            stack = stack_module(experts, target, base.in_features, base.out_features)
-            site = by_name[target.rpartition(".")[0]]
-            routed = RoutedLinear(base, stack.A, stack.B, stack.scale, stack.ranks, site, trainable_experts)
-            routed.to(device=base.weight.device)
-            parent_name, _, child = target.rpartition(".")
-            setattr(modules[parent_name], child, routed)
-        for site in sites:
-            modules[site.name].register_forward_pre_hook(functools.partial(mixture._route, site), with_kwargs=True)
-        if attention_lora_rank:
-            _add_attention_lora(model, attention_lora_rank, attention_lora_alpha or attention_lora_rank,
-                                attention_targets, set(targets))
+            make_router(config.router, hidden, len(experts), config.top_k, config.router_options)
+            for _ in range(1 if config.shared_router else len(site_names)))
+        config = dataclasses.replace(config, top_k=routers[0].top_k)
+        sites = [RouteSite(name, 0 if config.shared_router else i) for i, name in enumerate(site_names)]
+        mixture = MixtureModel(model, experts, sites, routers, config)
+        _route_targets(mixture, targets)
+        if config.attention_lora_rank:
+            _add_attention_lora(model, config, set(targets))
     mixture.to(next(model.parameters()).device)
     return mixture
+
+
+def _route_targets(mixture: MixtureModel, targets: list[str]) -> None:
+    """Replace each targeted Linear by a ``RoutedLinear`` and hook each site's router on its input."""
+    modules = dict(mixture.model.named_modules())
+    by_name = {s.name: s for s in mixture.sites}
+    for target in targets:
+        base = modules[target]
+        stack = stack_module(mixture.experts, target, base.in_features, base.out_features)
+        site = by_name[target.rpartition(".")[0]]
+        routed = RoutedLinear(base, stack.A, stack.B, stack.scale, stack.ranks, site,
+                              mixture.mixture_config.trainable_experts)
+        routed.to(device=base.weight.device)
+        parent_name, _, child = target.rpartition(".")
+        setattr(modules[parent_name], child, routed)
+    for site in mixture.sites:
+        modules[site.name].register_forward_pre_hook(functools.partial(mixture._route, site), with_kwargs=True)
 
 
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in name.split(".")]
 
 
-def _add_attention_lora(model, rank, alpha, targets, routed: set[str]) -> None:
+def _add_attention_lora(model, mixture_config: MixtureConfig, routed: set[str]) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
+    rank, targets = mixture_config.attention_lora_rank, list(mixture_config.attention_targets)
+    alpha = mixture_config.attention_lora_alpha or rank
     clash = [m for m in routed if m.rpartition(".")[2] in targets]
     if clash:
-        raise LoramixError(f"attention LoRA targets {list(targets)} overlap routed expert modules, e.g. {clash[0]}")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
+        raise LoramixError(f"attention LoRA targets {targets} overlap routed expert modules, e.g. {clash[0]}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
     inject_adapter_in_model(config, model, adapter_name=ATTENTION_ADAPTER)
     for name, p in model.named_parameters():
         p.requires_grad_(f"lora_A.{ATTENTION_ADAPTER}." in name or f"lora_B.{ATTENTION_ADAPTER}." in name)
@@ -385,31 +424,11 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
     entries = cfg["experts"]
     if expert_paths is not None and len(expert_paths) != len(entries):
         raise LoramixError(f"{cfg_path}: expects {len(entries)} experts, got {len(expert_paths)} expert_paths")
-    experts: list[Expert] = []
-    from loramix.experts import load_expert
-
-    for i, entry in enumerate(entries):
-        if entry.get("path") is None:  # trainable experts: weights live in the mixture file
-            modules = {m: LoraWeights(torch.zeros(s["rank"], s["in"]), torch.zeros(s["out"], s["rank"]), s["scale"])
-                       for m, s in entry["modules"].items()}
-            experts.append(Expert(entry["name"], None, {}, modules, {}))
-            continue
-        folder = Path(expert_paths[i]) if expert_paths is not None else Path(entry["path"])
-        for fname, digest in entry.get("sha256", {}).items():
-            f = folder / fname
-            actual = sha256_file(f) if f.is_file() else None
-            if actual != digest and not accept_changed_experts:
-                raise LoramixError(
-                    f"{f}: sha256 differs from the one recorded in {cfg_path} (experts[{i}].sha256.{fname}); "
-                    "the expert changed since the mixture was saved (load_mixture(..., accept_changed_experts=True) "
-                    "loads it anyway)")
-        experts.append(load_expert(folder, model, entry["name"]))
-    mixture = compose(
-        model, experts, router=cfg["router"], top_k=cfg.get("top_k"), shared_router=cfg["shared_router"],
-        attention_lora_rank=cfg.get("attention_lora_rank", 0), attention_lora_alpha=cfg.get("attention_lora_alpha"),
-        attention_targets=tuple(cfg.get("attention_targets", ("q_proj", "k_proj", "v_proj", "o_proj"))),
-        router_kwargs=cfg.get("router_kwargs"), load_balance_coef=cfg.get("load_balance_coef", 0.0),
-        z_loss_coef=cfg.get("z_loss_coef", 0.0), trainable_experts=cfg.get("trainable_experts", False))
+    experts = [_saved_expert(entry, i, cfg_path, model, expert_paths, accept_changed_experts)
+               for i, entry in enumerate(entries)]
+    config = MixtureConfig.from_dict(cfg, cfg_path)
+    mixture = compose(model, experts, config)
+    mixture.metadata = {k: cfg[k] for k in cfg if k not in config.to_dict() and k not in _SAVED_KEYS}
     weights_path = mixture_dir / MIXTURE_WEIGHTS
     try:
         state = load_file(str(weights_path))
@@ -419,5 +438,23 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
     return mixture
 
 
-__all__ = ["MixtureModel", "RoutedLinear", "RouteSite", "SiteTrace", "compose", "load_mixture",
+# keys save_pretrained writes beside the config and the metadata
+_SAVED_KEYS = {"format_version", "loramix_version", "base_model", "experts", "sites", "trainable_parameters",
+               "router_kwargs"}
+
+
+def _saved_expert(entry: dict, i: int, cfg_path: Path, model, expert_paths, accept_changed: bool) -> Expert:
+    """Expert ``i`` of a saved mixture: read from its folder (checked against the recorded sha256),
+    or, for trainable experts, zero tensors of the recorded shapes that the mixture file fills."""
+    if entry.get("path") is None:
+        modules = {m: LoraWeights(torch.zeros(s["rank"], s["in"]), torch.zeros(s["out"], s["rank"]), s["scale"])
+                   for m, s in entry["modules"].items()}
+        return Expert(entry["name"], None, {}, modules, {})
+    folder = Path(expert_paths[i]) if expert_paths is not None else Path(entry["path"])
+    check_expert_digests(folder, entry.get("sha256", {}), f"{cfg_path} (experts[{i}].sha256)", accept_changed,
+                         hint="load_mixture(..., accept_changed_experts=True) loads it anyway")
+    return load_expert(folder, model, entry["name"])
+
+
+__all__ = ["MixtureConfig", "MixtureModel", "RoutedLinear", "RouteSite", "SiteTrace", "compose", "load_mixture",
            "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -23,13 +23,15 @@ from rich.console import Console
 from loramix import __version__
 from loramix.errors import LoramixError
 from loramix.io import atomic_path, write_json
+from loramix.mixture import MixtureConfig
 from loramix.recipe import Recipe
+from loramix.routers import GumbelOptions, HardOptions, TopKOptions
 
-ROUTER_METHODS = {  # name -> (router, top_k, router_kwargs); trained over the frozen RL experts
-    "mor_lora_hard": ("hard", 1, {}),
-    "soft": ("soft", None, {}),
-    "topk2_norm": ("topk", 2, {"normalize": True}),
-    "gumbel": ("gumbel", None, {"hard": True}),
+ROUTER_METHODS = {  # name -> (router, top_k, router options); trained over the frozen RL experts
+    "mor_lora_hard": ("hard", 1, HardOptions()),
+    "soft": ("soft", None, None),
+    "topk2_norm": ("topk", 2, TopKOptions(normalize=True)),
+    "gumbel": ("gumbel", None, GumbelOptions(hard=True)),
 }
 MERGES = {"merge_linear": "linear", "merge_ties": "ties", "merge_dare": "dare_ties"}
 MIXTURE_METHODS = ("oracle", *ROUTER_METHODS, "prompt_router", "remix", "mixlora_topk")
@@ -99,7 +101,7 @@ class Pipeline:
                     max_completion_length=e.max_completion_length,
                     learning_rate=e.learning_rate if method == "grpo" else e.sft_learning_rate,
                     sft_learning_rate=e.sft_learning_rate,
-                    lora_r=e.rank, lora_alpha=e.alpha, difficulty=self.r.difficulty, n_train=e.n_train,
+                    rank=e.rank, alpha=e.alpha, difficulty=self.r.difficulty, n_train=e.n_train,
                     n_eval=e.n_eval, seed=self.r.seed, progress=self.progress)
                 train_expert(cfg, console=self.console)
 
@@ -143,17 +145,20 @@ class Pipeline:
         return rows
 
     def train_mixtures(self) -> None:
-        from loramix.train.baselines import build_prompt_router, make_oracle_mixture
+        from loramix.baselines.oracle import make_oracle_mixture
+        from loramix.train.prompt_router import build_prompt_router
         from loramix.train.router import RouterTrainConfig, train_router
 
         rc, traces = self.r.router, str(self.path("traces_stage2.jsonl"))
         experts = [str(p) for p in self.rl_experts]
-        for name, (router, top_k, kwargs) in ROUTER_METHODS.items():
+        for name, (router, top_k, options) in ROUTER_METHODS.items():
             if self.want(name):
+                mixture = MixtureConfig(router=router, top_k=top_k, router_options=options,
+                                        attention_lora_rank=rc.attention_lora_rank,
+                                        attention_lora_alpha=rc.attention_lora_alpha)
                 train_router(RouterTrainConfig(
                     base=self.base, experts=experts, traces=traces, out=str(self.path("methods", name)),
-                    router=router, top_k=top_k, router_kwargs=kwargs, attention_lora_rank=rc.attention_lora_rank,
-                    attention_lora_alpha=rc.attention_lora_alpha, learning_rate=rc.learning_rate,
+                    mixture=mixture, learning_rate=rc.learning_rate,
                     router_learning_rate=rc.router_learning_rate,
                     num_train_epochs=rc.num_train_epochs, max_steps=rc.max_steps, batch_size=rc.batch_size,
                     warmup_ratio=rc.warmup_ratio, lr_scheduler_type=rc.lr_scheduler_type,
@@ -165,7 +170,8 @@ class Pipeline:
                                 traces=self.path("traces.jsonl"), seed=self.r.seed)
 
     def train_baselines(self) -> None:
-        from loramix.train.baselines import MultitaskConfig, merge_experts, train_multitask
+        from loramix.baselines.merges import merge_experts
+        from loramix.train.multitask import MultitaskConfig, train_multitask
         from loramix.train.remix import ReMixConfig, train_remix
 
         traces, experts = str(self.path("traces_stage2.jsonl")), [str(p) for p in self.rl_experts]
@@ -173,7 +179,7 @@ class Pipeline:
             if self.want(name) and not self.path("methods", name).exists():
                 merge_experts(self.base, experts, method, self.path("methods", name), seed=self.r.seed)
         m, x = self.r.multitask, self.r.remix
-        ranks = {"multitask_lora": self.r.expert.rank, "single_lora_same_active": x.k * x.rank}
+        ranks = {"multitask_lora": self.r.expert.rank, "single_lora_same_active": x.top_k * x.rank}
         for name, rank in ranks.items():
             if self.want(name):
                 train_multitask(MultitaskConfig(
@@ -184,9 +190,9 @@ class Pipeline:
             if self.want(name):
                 train_remix(ReMixConfig(
                     out=self.path("methods", name), base=self.base, traces=Path(traces), router=router,
-                    experts_n=x.experts_n, k=x.k, rank=x.rank, samples=x.samples, steps=x.steps,
-                    batch_size=x.batch_size, lr=x.learning_rate, max_length=self.r.max_length, seed=self.r.seed,
-                    logging_steps=max(1, x.steps // 20)))
+                    n_experts=x.n_experts, top_k=x.top_k, rank=x.rank, samples=x.samples, steps=x.steps,
+                    batch_size=x.batch_size, learning_rate=x.learning_rate, max_length=self.r.max_length, seed=self.r.seed,
+                    logging_steps=max(1, x.steps // 20), progress=self.progress))
 
     def method_paths(self) -> dict[str, Path | str]:
         paths: dict[str, Path | str] = {}

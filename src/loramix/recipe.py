@@ -59,8 +59,8 @@ class RouterStage:
 
 @dataclass
 class ReMixStage:
-    experts_n: int = 8
-    k: int = 2
+    n_experts: int = 8
+    top_k: int = 2
     rank: int = 8
     samples: int = 4
     steps: int = 200

@@ -132,7 +132,7 @@ def targets(report: dict, pipeline) -> list[dict]:
         if remix and m.get(other):
             add(f"ReMix beats {other}", f"{remix['average']:.3f} vs {m[other]['average']:.3f}",
                 remix["average"] > m[other]["average"])
-    k = pipeline.r.remix.k
+    k = pipeline.r.remix.top_k
     if "remix" in report["routing"] and "soft" in report["routing"]:
         re, so = report["routing"]["remix"]["ess"], report["routing"]["soft"]["ess"]
         add(f"ReMix ESS stays at k={k}; soft falls toward 1", f"{re:.2f} vs {so:.2f}",

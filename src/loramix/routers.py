@@ -17,6 +17,7 @@ fixed      no gate: every token to one expert, a per-sequence expert id, or fixe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -93,18 +94,37 @@ def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None,
     return Routing(idx, torch.ones(idx.shape, device=device), probs, unit_weights=True)
 
 
+@dataclass
+class RouterOptions:
+    """Options every gated router has. Each router declares its own as a subclass (``Router.Options``)."""
+
+    init_std: float = 0.02  # the gate's initial weights ~ N(0, init_std)
+
+
 class Router(nn.Module):
-    """Linear gate + fp32 softmax; subclasses choose and weight experts in ``select``."""
+    """Linear gate + fp32 softmax; subclasses choose and weight experts in ``select``.
+
+    Options come as ``options`` (an instance of the class's ``Options``) or as keyword fields of it:
+    ``HardRouter(64, 4, ste="chosen")`` is ``HardRouter(64, 4, options=HardOptions(ste="chosen"))``."""
 
     kind = "base"
+    Options: type = RouterOptions
+    default_top_k = 1
 
-    def __init__(self, hidden_size: int, num_experts: int, top_k: int = 1, init_std: float = 0.02):
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int | None = None,
+                 options: RouterOptions | None = None, **fields):
         super().__init__()
+        self.options = build_options(type(self), options, fields)
+        top_k = self.resolve_top_k(top_k, num_experts)
         if not 1 <= top_k <= num_experts:
             raise LoramixError(f"top_k must lie in 1..{num_experts} (the number of experts), got {top_k}")
         self.num_experts, self.top_k = num_experts, top_k
         self.gate = nn.Linear(hidden_size, num_experts, bias=False)
-        nn.init.normal_(self.gate.weight, std=init_std)
+        nn.init.normal_(self.gate.weight, std=self.options.init_std)
+
+    def resolve_top_k(self, top_k: int | None, num_experts: int) -> int:
+        """The k this router uses when asked for ``top_k`` (None: its default, at most E)."""
+        return min(self.default_top_k, num_experts) if top_k is None else top_k
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = F.linear(x.float(), self.gate.weight.float())
@@ -116,9 +136,24 @@ class Router(nn.Module):
     def set_step(self, step: int) -> None:
         """Called by training callbacks each optimizer step (temperature schedules)."""
 
-    def extra_config(self) -> dict:
-        """Constructor arguments beyond (hidden_size, num_experts, top_k), for save/load."""
-        return {}
+
+def build_options(cls: type, options=None, fields: dict | None = None):
+    """``cls.Options`` from an instance, a dict (a saved config) or keyword fields, with a clear error
+    for a field the router does not have or a value it refuses."""
+    Options = cls.Options
+    if options is not None and fields:
+        raise LoramixError(f"router {cls.kind!r}: give options or keyword fields, not both")
+    if isinstance(options, Options):
+        return options
+    values = dict(options if isinstance(options, dict) else fields or {})
+    if options is not None and not isinstance(options, dict):
+        raise LoramixError(f"router {cls.kind!r} takes {Options.__name__}, got {type(options).__name__}")
+    known = {f.name for f in dataclasses.fields(Options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise LoramixError(f"router {cls.kind!r} has no option {unknown[0]!r} "
+                           f"(its options: {', '.join(sorted(known)) or 'none'})")
+    return Options(**values)
 
 
 def straight_through(idx: torch.Tensor, y: torch.Tensor, probs: torch.Tensor, logits, ste: str) -> Routing:
@@ -139,10 +174,20 @@ def straight_through(idx: torch.Tensor, y: torch.Tensor, probs: torch.Tensor, lo
 STE_MODES = ("full", "chosen")
 
 
-def _check_ste(ste: str) -> str:
-    if ste not in STE_MODES:
-        raise LoramixError(f"ste must be one of {', '.join(STE_MODES)}, got {ste!r}")
-    return ste
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LoramixError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class HardOptions(RouterOptions):
+    """``ste="full"``: the paper's estimator ``onehot - stopgrad(p) + p`` over every expert;
+    ``ste="chosen"``: the gradient of the chosen expert's entry only (the authors' released code)."""
+
+    ste: str = "full"
+
+    def __post_init__(self):
+        _check_choice("ste", self.ste, STE_MODES)
 
 
 class HardRouter(Router):
@@ -150,16 +195,10 @@ class HardRouter(Router):
     (``ste``: see ``straight_through``; inference computes only the chosen experts either way)."""
 
     kind = "hard"
-
-    def __init__(self, hidden_size, num_experts, top_k=1, ste: str = "full", **kw):
-        super().__init__(hidden_size, num_experts, top_k, **kw)
-        self.ste = _check_ste(ste)
+    Options = HardOptions
 
     def select(self, logits, probs):
-        return straight_through(sorted_topk(probs, self.top_k), probs, probs, logits, self.ste)
-
-    def extra_config(self):
-        return {"ste": self.ste}
+        return straight_through(sorted_topk(probs, self.top_k), probs, probs, logits, self.options.ste)
 
 
 class SoftRouter(Router):
@@ -167,32 +206,44 @@ class SoftRouter(Router):
 
     kind = "soft"
 
-    def __init__(self, hidden_size, num_experts, top_k=None, **kw):
-        super().__init__(hidden_size, num_experts, num_experts, **kw)
+    def resolve_top_k(self, top_k, num_experts):
+        return num_experts
 
     def select(self, logits, probs):
         idx = torch.arange(self.num_experts, device=probs.device).expand_as(probs)
         return Routing(idx, probs, probs, logits, dense=True)
 
 
+@dataclass
+class TopKOptions(RouterOptions):
+    normalize: bool = True  # renormalise the k weights to sum 1 (MixLoRA)
+
+
 class TopKRouter(Router):
     """Top-k experts weighted by their softmax probability; ``normalize`` renormalises to sum 1."""
 
     kind = "topk"
-
-    def __init__(self, hidden_size, num_experts, top_k=2, normalize: bool = True, **kw):
-        super().__init__(hidden_size, num_experts, top_k, **kw)
-        self.normalize = normalize
+    Options = TopKOptions
+    default_top_k = 2
 
     def select(self, logits, probs):
         idx = sorted_topk(probs, self.top_k)
         w = probs.gather(-1, idx)
-        if self.normalize:
+        if self.options.normalize:
             w = w / w.sum(-1, keepdim=True)
         return Routing(idx, w, probs, logits)
 
-    def extra_config(self):
-        return {"normalize": self.normalize}
+
+@dataclass
+class GumbelOptions(RouterOptions):
+    hard: bool = True  # top-1 with straight-through weights; else dense Gumbel-softmax weights
+    tau_start: float = 2.0
+    tau_end: float = 0.5
+    anneal_steps: int = 1000
+    ste: str = "full"  # as HardOptions.ste
+
+    def __post_init__(self):
+        _check_choice("ste", self.ste, STE_MODES)
 
 
 class GumbelRouter(Router):
@@ -201,18 +252,20 @@ class GumbelRouter(Router):
     Evaluation uses no noise."""
 
     kind = "gumbel"
+    Options = GumbelOptions
 
-    def __init__(self, hidden_size, num_experts, top_k=1, hard: bool = True, tau_start: float = 2.0,
-                 tau_end: float = 0.5, anneal_steps: int = 1000, ste: str = "full", **kw):
-        super().__init__(hidden_size, num_experts, 1 if hard else num_experts, **kw)
-        self.hard, self.tau_start, self.tau_end, self.anneal_steps = hard, tau_start, tau_end, anneal_steps
-        self.ste = _check_ste(ste)
+    def __init__(self, hidden_size, num_experts, top_k=None, options=None, **fields):
+        super().__init__(hidden_size, num_experts, top_k, options, **fields)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def resolve_top_k(self, top_k, num_experts):
+        return 1 if self.options.hard else num_experts
 
     @property
     def temperature(self) -> float:
-        frac = min(int(self.step) / max(self.anneal_steps, 1), 1.0)
-        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+        o = self.options
+        frac = min(int(self.step) / max(o.anneal_steps, 1), 1.0)
+        return o.tau_start * (o.tau_end / o.tau_start) ** frac
 
     def set_step(self, step):
         self.step.fill_(step)
@@ -223,14 +276,22 @@ class GumbelRouter(Router):
             y = ((logits + gumbel) / self.temperature).softmax(-1)
         else:
             y = probs
-        if not self.hard:
+        if not self.options.hard:
             idx = torch.arange(self.num_experts, device=y.device).expand_as(y)
             return Routing(idx, y, probs, logits, dense=True)
-        return straight_through(sorted_topk(y, 1), y, probs, logits, self.ste)
+        return straight_through(sorted_topk(y, 1), y, probs, logits, self.options.ste)
 
-    def extra_config(self):
-        return {"hard": self.hard, "tau_start": self.tau_start, "tau_end": self.tau_end,
-                "anneal_steps": self.anneal_steps, "ste": self.ste}
+
+OMEGAS = ("linear", "sqrt")
+
+
+@dataclass
+class ReMixOptions(RouterOptions):
+    rank: int = 8  # the experts' rank r, in omega
+    omega: str = "linear"  # 2/(k r), the LoRA type; "sqrt": 2/sqrt(k r), the rsLoRA type
+
+    def __post_init__(self):
+        _check_choice("omega", self.omega, OMEGAS)
 
 
 class ReMixRouter(Router):
@@ -242,14 +303,13 @@ class ReMixRouter(Router):
     weights carry no gradient to the router."""
 
     kind = "remix"
+    Options = ReMixOptions
+    default_top_k = 2
 
-    def __init__(self, hidden_size, num_experts, top_k=2, rank: int = 8, omega: str = "linear", **kw):
-        super().__init__(hidden_size, num_experts, top_k, **kw)
-        if omega not in ("linear", "sqrt"):
-            raise LoramixError(f"omega must be 'linear' or 'sqrt', got {omega!r}")
-        self.rank, self.omega = rank, omega
-        kr = top_k * rank
-        self.weight_value = 2.0 / kr if omega == "linear" else 2.0 / math.sqrt(kr)
+    def __init__(self, hidden_size, num_experts, top_k=None, options=None, **fields):
+        super().__init__(hidden_size, num_experts, top_k, options, **fields)
+        kr = self.top_k * self.options.rank
+        self.weight_value = 2.0 / kr if self.options.omega == "linear" else 2.0 / math.sqrt(kr)
 
     def select(self, logits, probs):
         log_prob = None
@@ -262,9 +322,6 @@ class ReMixRouter(Router):
         w = torch.full(idx.shape, self.weight_value, device=probs.device)
         return Routing(idx, w, probs, logits, log_prob=log_prob)
 
-    def extra_config(self):
-        return {"rank": self.rank, "omega": self.omega}
-
 
 def selection_log_prob(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """log Q of drawing ``idx`` (in order) without replacement from ``probs``: [..., k] -> [...]."""
@@ -273,52 +330,69 @@ def selection_log_prob(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (p.clamp_min(1e-30).log() - (1.0 - taken).clamp_min(1e-30).log()).sum(-1)
 
 
+@dataclass
+class FixedOptions:
+    expert: int | None = 0  # every token to this expert, unless weights are given
+    weights: list[float] | None = None  # dense fixed weights over all experts
+
+
 class FixedRouter(nn.Module):
-    """No gate and no parameters: every token to ``expert``, or to its sequence's id in
-    ``sequence_experts`` (oracle and prompt-level routing), or dense fixed ``weights``."""
+    """No gate and no parameters: every token to ``expert``, or dense fixed ``weights``. (Oracle and
+    prompt-level routing send whole sequences with ``MixtureModel.route_sequences``.)"""
 
     kind = "fixed"
+    Options = FixedOptions
 
-    def __init__(self, hidden_size, num_experts, top_k=1, expert: int | None = 0, weights=None):
+    def __init__(self, hidden_size, num_experts, top_k=None, options=None, **fields):
         super().__init__()
-        self.num_experts, self.top_k = num_experts, top_k
-        self.expert, self.weights, self.sequence_experts = expert, weights, None
+        self.options = build_options(type(self), options, fields)
+        self.num_experts, self.top_k = num_experts, 1 if top_k is None else top_k
 
     def forward(self, x):
-        return fixed_routing(tuple(x.shape[:-1]), self.num_experts, x.device, self.expert,
-                             self.sequence_experts, self.weights)
+        return fixed_routing(tuple(x.shape[:-1]), self.num_experts, x.device, self.options.expert,
+                             weights=self.options.weights)
 
     def set_step(self, step):
         pass
-
-    def extra_config(self):
-        weights = None if self.weights is None else [float(w) for w in self.weights]
-        return {"expert": self.expert, "weights": weights}
 
 
 ROUTERS: dict[str, type] = {r.kind: r for r in (HardRouter, SoftRouter, TopKRouter, GumbelRouter, ReMixRouter, FixedRouter)}
 
 
-def make_router(kind: str, hidden_size: int, num_experts: int, top_k: int | None = None, **kwargs) -> nn.Module:
+def router_class(kind: str) -> type:
     if kind not in ROUTERS:
         raise unknown_name("router", kind, ROUTERS)
-    cls = ROUTERS[kind]
-    if top_k is None:
-        top_k = min({"topk": 2, "remix": 2, "soft": num_experts}.get(kind, 1), num_experts)  # 1 expert: k=1
-    return cls(hidden_size, num_experts, top_k, **kwargs)
+    return ROUTERS[kind]
+
+
+def router_options(kind: str, options=None, **fields):
+    """The ``Options`` of router ``kind``: keyword fields whose value is None are left at the
+    default, so a command line can pass every flag it has and let the router say what it takes."""
+    cls = router_class(kind)
+    return build_options(cls, options, {k: v for k, v in fields.items() if v is not None})
+
+
+def make_router(kind: str, hidden_size: int, num_experts: int, top_k: int | None = None, options=None,
+                **fields) -> nn.Module:
+    return router_class(kind)(hidden_size, num_experts, top_k, options, **fields)
 
 
 # --- auxiliary losses -------------------------------------------------------------------------
 
 
-def load_balance_loss(routing: Routing) -> torch.Tensor:
+def load_balance_loss(routing: Routing, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer balance loss: E * sum_e f_e * P_e, with f_e the share of assignments to
-    expert e and P_e its mean router probability. Equals 1 when perfectly balanced."""
+    expert e and P_e its mean router probability. Equals 1 when perfectly balanced. ``mask``
+    ([batch, seq], 1 for real tokens) leaves padding out of both, as Mixtral's loss does."""
     E = routing.num_experts
     probs = routing.probs.reshape(-1, E)
-    counts = torch.bincount(routing.indices.reshape(-1), minlength=E).to(probs.dtype)
+    k = routing.indices.shape[-1]
+    m = probs.new_ones(probs.shape[0]) if mask is None else mask.reshape(-1).to(probs.dtype)
+    counts = torch.zeros(E, dtype=probs.dtype, device=probs.device)
+    counts.index_add_(0, routing.indices.reshape(-1), m.repeat_interleave(k))
     f = counts / counts.sum().clamp_min(1)
-    return E * (f * probs.mean(0)).sum()
+    P = (probs * m[:, None]).sum(0) / m.sum().clamp_min(1)
+    return E * (f * P).sum()
 
 
 def z_loss(routing: Routing) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Helpers shared by the training commands: base-model loading and fingerprinting, greedy accuracy,
-a rich progress bar for HF Trainers, checkpoint discovery and per-checkpoint wall-clock bookkeeping."""
+"""What every training command shares: one run folder (resume, identity check, atomic output), one
+way to build ``TrainingArguments``, the progress bar and wall-clock ledger callbacks, the torch thread
+count, greedy accuracy, and the TRL reward adapter."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback, TrainingArguments
+
+from loramix.errors import LoramixError
+from loramix.generation import generate
+from loramix.io import atomic_path, read_json, write_json
 
 TIME_FILE = "loramix_time.json"
+METRICS_FILE = "metrics.json"
+TRAIN_LOG_FILE = "train_log.json"
+RUN_FILE = "run.json"  # in the work folder: the identity of the run that started it
 
 
 @contextlib.contextmanager
@@ -29,14 +39,145 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+# --- the run folder ---------------------------------------------------------------------------------
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where an unfinished run for ``out`` works: ``<out>.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class RunFolder:
+    """A training command's output folder ``out`` and its work folder ``<out>.partial``.
+
+    One policy for every command: ``out`` appears only when complete (an atomic rename) and its
+    ``metrics.json`` records the run's ``identity`` (the settings that determine the result). A rerun
+    with the same identity finds it and does nothing; another identity is refused unless ``force``.
+    Work happens in ``<out>.partial``: ``run.json`` holds the identity and the HF Trainer's
+    checkpoints land there, so an interrupted run resumes from its last complete checkpoint; a work
+    folder of another identity is refused unless ``force``, which starts over. Fields named in
+    ``may_extend`` (a step count) may differ there: the rerun continues the interrupted run."""
+
+    def __init__(self, out: str | Path, identity: dict, *, force: bool = False,
+                 complete_files: Sequence[str] = (METRICS_FILE,), may_extend: Sequence[str] = (),
+                 what: str = "finished run"):
+        self.out = Path(out)
+        self.work = partial_dir(self.out)
+        self.identity = json.loads(json.dumps(identity, default=str))  # as it reads back from JSON
+        self.force = force
+        self.complete_files = tuple(complete_files)
+        self.may_extend = frozenset(may_extend)
+        self.what = what  # in messages: "not a <what>"
+
+    def is_complete(self) -> bool:
+        return all((self.out / f).is_file() for f in self.complete_files)
+
+    def finished(self) -> bool:
+        """True when ``out`` already holds this run. Refuses ``out`` when it holds another run, or
+        is something else, unless ``force``."""
+        if self.out.exists() and not self.out.is_dir():
+            raise LoramixError(f"{self.out}: --out exists and is not a folder")
+        if self.is_complete() and not self.force:
+            recorded = read_json(self.out / METRICS_FILE)
+            if not isinstance(recorded, dict):
+                raise LoramixError(f"{self.out / METRICS_FILE}: not a JSON object; use --force to retrain")
+            if "identity" in recorded:
+                diff = _diff(recorded["identity"], self.identity)
+            else:  # written before run identities: compare the config keys both have
+                old = recorded.get("config", {})
+                diff = sorted(k for k in old if k in self.identity and old[k] != self.identity[k])
+            if diff:
+                raise LoramixError(f"{self.out}: already holds a {self.what} with another config (differs in: "
+                                   f"{', '.join(diff)}); use --force or another --out")
+            return True
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.is_complete() and not self.force:
+            raise LoramixError(f"{self.out}: --out is a non-empty folder that is not a {self.what}; "
+                               "use another --out or --force to replace it")
+        return False
+
+    def open(self) -> Path:
+        """Create or reuse the work folder for this identity and return it."""
+        saved = self.work / RUN_FILE
+        if saved.is_file():
+            diff = [k for k in _diff(read_json(saved), self.identity) if k not in self.may_extend]
+            if diff and not self.force:
+                raise LoramixError(f"{self.work}: an interrupted run with another config is there (differs in: "
+                                   f"{', '.join(diff)}); use --force to discard it")
+            if diff:
+                shutil.rmtree(self.work)
+        elif self.force and self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_json(saved, self.identity)
+        return self.work
+
+    def last_checkpoint(self, sub: str = "") -> Path | None:
+        return last_checkpoint(self.work / sub if sub else self.work)
+
+    def save(self, write: Callable[[Path], None], metrics: dict, *, log_history: list | None = None,
+             should_save: bool = True, keep_work: bool = False) -> Path:
+        """``out`` at once: ``write(folder)`` fills it, then ``metrics.json`` (with the identity) and
+        ``train_log.json``; the work folder goes unless ``keep_work``. Only the main process writes
+        (``should_save``)."""
+        if should_save:
+            with atomic_path(self.out) as tmp:
+                tmp.mkdir(exist_ok=True)
+                write(tmp)
+                if log_history is not None:
+                    write_json(tmp / TRAIN_LOG_FILE, log_history)
+                write_json(tmp / METRICS_FILE, {**metrics, "identity": self.identity})
+            if not keep_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+        return self.out
+
+
+def training_arguments(output_dir: str | Path, *, args_class: type = TrainingArguments, **settings: Any):
+    """The one place a loramix trainer's ``TrainingArguments`` (or TRL's ``GRPOConfig``/``SFTConfig``,
+    as ``args_class``) are built: checkpoints for resume (the last two kept), the device, no reporting
+    and no tqdm (loramix shows its own bar), plus the run's own ``settings``. In transformers 5 a
+    ``warmup_steps`` below 1 is a ratio of the total steps."""
+    common = dict(output_dir=str(output_dir), save_strategy="steps", save_total_limit=2, report_to=[],
+                  use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, dataloader_num_workers=0,
+                  disable_tqdm=True)
+    return args_class(**{**common, **settings})
+
+
+def run_trainer(trainer, description: str, *, resume: Path | None, progress: bool = True,
+                callbacks: Sequence[TrainerCallback] = ()) -> "TimeLedger":
+    """Train with loramix's progress bar and wall-clock ledger (counting time before a resume);
+    returns the ledger, whose ``seconds`` is the training time."""
+    ledger = TimeLedger(checkpoint_seconds(resume))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RichProgress(description, enabled=progress))
+    trainer.add_callback(ledger)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    return ledger
+
+
+def count_trainable(model) -> int:
+    """Trainable parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+def loss_curve(history: list[dict]) -> list[dict]:
+    """``[{step, loss}]`` from a Trainer's log history (the final summary row left out)."""
+    return [{"step": h["step"], "loss": round(float(h["loss"]), 6)} for h in history
+            if "loss" in h and "step" in h and "train_runtime" not in h]
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 
 def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                        batch_size: int = 64) -> list[str]:
     """Greedy completion texts (see ``loramix.generation.generate``)."""
-    from loramix.generation import generate
-
     was_training = model.training
     model.eval()
     try:

@@ -20,18 +20,30 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from loramix.errors import LoramixError
-from loramix.io import atomic_path, read_json, write_json
+import peft
+import torch
+import transformers
+from peft import LoraConfig, PeftModel
+from rich.console import Console
+from transformers import set_seed
 
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+import loramix
+from loramix.errors import LoramixError
+from loramix.experts import MLP_MODULES
+from loramix.io import atomic_path, read_json, sha256_file, write_json
+from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
+from loramix.tasks import get_task
+from loramix.train.common import (METRICS_FILE, RunFolder, greedy_eval, last_checkpoint, quiet_hf, reward_fn,
+                                  run_trainer, torch_threads, training_arguments)
+
+# trl and datasets are imported where used: every `loramix.train.*` import loads this module, and they are slow.
+
 METHODS = ("grpo", "sft")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
 # Fields that change how a run is executed or shown, not what it produces.
 RUN_FIELDS = frozenset({"out", "progress", "threads", "force", "save_steps", "eval_batch_size"})
 
@@ -54,9 +66,9 @@ class ExpertTrainConfig:
     learning_rate: float = 5e-4
     sft_learning_rate: float | None = None  # the SFT phase's rate (method=sft or the warm-up); None: learning_rate
     init_adapter: str | Path | None = None  # start from this PEFT adapter (e.g. the same-size SFT expert)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    rank: int = 8  # LoRA r
+    alpha: float = 16.0  # LoRA alpha
+    dropout: float = 0.0  # LoRA dropout
     target_modules: tuple[str, ...] = MLP_MODULES
     beta: float = 0.0  # KL coefficient; 0 skips the reference model entirely
     difficulty: str = "medium"
@@ -87,52 +99,60 @@ class ExpertTrainConfig:
         return d
 
     def validate(self) -> None:
-        def bad(name: str, problem: str) -> LoramixError:
-            return LoramixError(f"train-expert: {name}: {problem}")
-
         if self.method not in METHODS:
-            raise bad("method", f"unknown {self.method!r}; valid: {', '.join(METHODS)}")
-        for name in ("steps", "batch_size", "lora_r", "n_train", "n_eval", "logging_steps", "save_steps",
+            raise _bad("method", f"unknown {self.method!r}; valid: {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "rank", "n_train", "n_eval", "logging_steps", "save_steps",
                      "eval_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise bad(name, f"must be a positive integer, got {v!r}")
-        for name in ("learning_rate", "lora_alpha", "temperature"):
+                raise _bad(name, f"must be a positive integer, got {v!r}")
+        for name in ("learning_rate", "alpha", "temperature"):
             if not getattr(self, name) > 0:
-                raise bad(name, f"must be positive, got {getattr(self, name)!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
+                raise _bad(name, f"must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise _bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.beta < 0:
-            raise bad("beta", f"must be >= 0, got {self.beta!r}")
+            raise _bad("beta", f"must be >= 0, got {self.beta!r}")
         if self.sft_warmup_steps < 0:
-            raise bad("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps!r}")
+            raise _bad("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps!r}")
         if self.sft_warmup_steps and self.method != "grpo":
-            raise bad("sft_warmup_steps", "only applies to --method grpo (SFT warm-up, then GRPO)")
+            raise _bad("sft_warmup_steps", "only applies to --method grpo (SFT warm-up, then GRPO)")
         if self.init_adapter is not None:
-            if self.sft_warmup_steps:
-                raise bad("init_adapter", "give either an init adapter or SFT warm-up steps, not both")
-            init = Path(self.init_adapter)
-            missing = [f for f in ADAPTER_FILES if not (init / f).is_file()]
-            if missing:
-                raise bad("init_adapter", f"{init} is not a PEFT adapter folder (missing {', '.join(missing)})")
-            acfg = read_json(init / "adapter_config.json")
-            for field_name, key in (("lora_r", "r"), ("lora_alpha", "lora_alpha")):
-                if key in acfg and float(acfg[key]) != float(getattr(self, field_name)):
-                    raise bad("init_adapter", f"{init / 'adapter_config.json'}: {key} is {acfg[key]}, "
-                                              f"but this run asks for {field_name}={getattr(self, field_name)}")
+            self._validate_init_adapter()
         if self.max_completion_length is not None and self.max_completion_length < 1:
-            raise bad("max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
+            raise _bad("max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
         if not self.target_modules:
-            raise bad("target_modules", "must name at least one module")
+            raise _bad("target_modules", "must name at least one module")
         if self.method == "grpo":
-            if self.num_generations < 2:
-                raise bad("num_generations", f"must be >= 2 (GRPO compares completions of a prompt), got {self.num_generations}")
-            if self.batch_size % self.num_generations:
-                raise bad("batch_size", f"{self.batch_size} completions per step is not divisible by "
-                                        f"num_generations={self.num_generations}")
-            if self.n_train < self.batch_size // self.num_generations:
-                raise bad("n_train", f"{self.n_train} prompts is fewer than the "
-                                     f"{self.batch_size // self.num_generations} prompts of one step")
+            self._validate_grpo_batch()
+
+    def _validate_init_adapter(self) -> None:
+        if self.sft_warmup_steps:
+            raise _bad("init_adapter", "give either an init adapter or SFT warm-up steps, not both")
+        init = Path(self.init_adapter)
+        missing = [f for f in ADAPTER_FILES if not (init / f).is_file()]
+        if missing:
+            raise _bad("init_adapter", f"{init} is not a PEFT adapter folder (missing {', '.join(missing)})")
+        acfg = read_json(init / "adapter_config.json")
+        for field_name, key in (("rank", "r"), ("alpha", "lora_alpha")):
+            if key in acfg and float(acfg[key]) != float(getattr(self, field_name)):
+                raise _bad("init_adapter", f"{init / 'adapter_config.json'}: {key} is {acfg[key]}, "
+                                           f"but this run asks for {field_name}={getattr(self, field_name)}")
+
+    def _validate_grpo_batch(self) -> None:
+        if self.num_generations < 2:
+            raise _bad("num_generations", f"must be >= 2 (GRPO compares completions of a prompt), "
+                                          f"got {self.num_generations}")
+        if self.batch_size % self.num_generations:
+            raise _bad("batch_size", f"{self.batch_size} completions per step is not divisible by "
+                                     f"num_generations={self.num_generations}")
+        if self.n_train < self.batch_size // self.num_generations:
+            raise _bad("n_train", f"{self.n_train} prompts is fewer than the "
+                                  f"{self.batch_size // self.num_generations} prompts of one step")
+
+
+def _bad(name: str, problem: str) -> LoramixError:
+    return LoramixError(f"train-expert: {name}: {problem}")
 
 
 def _prior_metrics(adapter: str | Path) -> dict:
@@ -151,8 +171,6 @@ def init_method(adapter: str | Path, prior: dict | None = None) -> str:
 
 
 def _init_record(adapter: Path) -> dict:
-    from loramix.io import sha256_file
-
     prior = _prior_metrics(adapter)
     return {"path": str(adapter), "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
             "method": init_method(adapter, prior), "train_seconds": float(prior.get("train_seconds", 0.0) or 0.0),
@@ -167,13 +185,13 @@ def is_complete(out: str | Path) -> bool:
     return all((out / f).is_file() for f in (*ADAPTER_FILES, METRICS_FILE))
 
 
-def partial_dir(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
-def _config_diff(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+def run_folder(cfg: ExpertTrainConfig, base_sha: dict, init: dict | None) -> RunFolder:
+    """The expert's run folder; its identity adds the base weights and the init adapter's digests."""
+    identity = {**cfg.identity(), "base_weights_sha256": base_sha}
+    if init is not None:
+        identity["init_adapter_sha256"] = init["adapter_sha256"]
+    return RunFolder(cfg.out, identity, force=cfg.force, complete_files=(*ADAPTER_FILES, METRICS_FILE),
+                     what="trained expert")
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -221,24 +239,55 @@ def _sft_dataset(task, examples):
 # --- one training phase -----------------------------------------------------------------------------
 
 
-def _lora_config(cfg: ExpertTrainConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+def _lora_config(cfg: ExpertTrainConfig) -> LoraConfig:
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def _common_args(cfg: ExpertTrainConfig, output_dir: Path, steps: int, kind: str) -> dict[str, Any]:
-    import torch
-
+def _common_args(cfg: ExpertTrainConfig, steps: int, kind: str) -> dict[str, Any]:
+    """The settings both phases share (TRL's configs turn gradient checkpointing on by default)."""
     return dict(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1, logging_steps=cfg.logging_steps,
+        max_steps=steps, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed, gradient_checkpointing=False,
         learning_rate=cfg.sft_learning_rate if kind == "sft" and cfg.sft_learning_rate else cfg.learning_rate,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
-        report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
-        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False,
     )
+
+
+def _grpo_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Path, steps: int, task, train_exs,
+                  max_completion_length: int):
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = training_arguments(ckpt_dir, args_class=GRPOConfig, **_common_args(cfg, steps, "grpo"),
+                              num_generations=cfg.num_generations, temperature=cfg.temperature,
+                              max_completion_length=max_completion_length, beta=cfg.beta, shuffle_dataset=True,
+                              log_completions=False)
+    return GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
+                       train_dataset=_grpo_dataset(task, train_exs), processing_class=tok,
+                       peft_config=peft_config)
+
+
+def _sft_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Path, steps: int, task, train_exs):
+    from trl import SFTConfig, SFTTrainer
+
+    max_len = getattr(model.config, "max_position_embeddings", None) or 1024
+    args = training_arguments(ckpt_dir, args_class=SFTConfig, **_common_args(cfg, steps, "sft"), max_length=max_len,
+                              completion_only_loss=True, packing=False, shuffle_dataset=True)
+    tok.padding_side = "right"
+    return SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(task, train_exs),
+                      processing_class=tok, peft_config=peft_config)
+
+
+def _phase_model(cfg: ExpertTrainConfig, base_path: Path, init_adapter: Path | None):
+    """The base (seeded) with the init adapter loaded trainable, and the LoRA config for a fresh
+    adapter (None when starting from `init_adapter`)."""
+    model, tok = load_model_and_tokenizer(base_path)
+    set_seed(cfg.seed)
+    peft_config = _lora_config(cfg)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        peft_config = None
+    model.train()
+    return model, tok, peft_config
 
 
 def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, work: Path, task, train_exs,
@@ -246,12 +295,6 @@ def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, w
                say: Callable[[str], None]) -> tuple[Path, dict]:
     """Train one phase (`sft` or `grpo`) into `work/<kind>_adapter`, resuming from its checkpoints.
     Returns the adapter folder and the phase record."""
-    from peft import PeftModel
-    from transformers import ProgressCallback, set_seed
-
-    from loramix.loading import load_model_and_tokenizer
-    from loramix.train.common import RichProgress, TimeLedger, checkpoint_seconds, last_checkpoint, reward_fn
-
     done = work / f"{kind}_adapter"
     record_file = done / "phase.json"
     if all((done / f).is_file() for f in ADAPTER_FILES) and record_file.is_file():
@@ -261,44 +304,16 @@ def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, w
     resume = last_checkpoint(ckpt_dir)
     if resume is not None:
         say(f"resuming {kind} from {resume.name}")
-    model, tok = load_model_and_tokenizer(base_path)
-    set_seed(cfg.seed)
-    peft_config = _lora_config(cfg)
-    if init_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-        peft_config = None
-    model.train()
-    ledger = TimeLedger(checkpoint_seconds(resume))
-
+    model, tok, peft_config = _phase_model(cfg, base_path, init_adapter)
     if kind == "grpo":
-        from trl import GRPOConfig, GRPOTrainer
-
-        args = GRPOConfig(**_common_args(cfg, ckpt_dir, steps, "grpo"), num_generations=cfg.num_generations,
-                          temperature=cfg.temperature, max_completion_length=max_completion_length,
-                          beta=cfg.beta, shuffle_dataset=True, log_completions=False)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
-                              train_dataset=_grpo_dataset(task, train_exs), processing_class=tok,
-                              peft_config=peft_config)
+        trainer = _grpo_trainer(cfg, model, tok, peft_config, ckpt_dir, steps, task, train_exs, max_completion_length)
     else:
-        from trl import SFTConfig, SFTTrainer
+        trainer = _sft_trainer(cfg, model, tok, peft_config, ckpt_dir, steps, task, train_exs)
+    ledger = run_trainer(trainer, f"{kind} {task.name}", resume=resume, progress=cfg.progress, callbacks=callbacks)
 
-        max_len = getattr(model.config, "max_position_embeddings", None) or 1024
-        args = SFTConfig(**_common_args(cfg, ckpt_dir, steps, "sft"), max_length=max_len, completion_only_loss=True,
-                         packing=False, shuffle_dataset=True)
-        tok.padding_side = "right"
-        trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(task, train_exs),
-                             processing_class=tok, peft_config=peft_config)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(RichProgress(f"{kind} {task.name}", enabled=cfg.progress))
-    trainer.add_callback(ledger)
-    for cb in callbacks:
-        trainer.add_callback(cb)
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = ledger.seconds
-
-    history = [dict(h) for h in trainer.state.log_history]
-    record = {"method": kind, "steps": steps, "train_seconds": round(seconds, 2),
-              "resumed_from": resume.name if resume is not None else None, "log_history": history}
+    record = {"method": kind, "steps": steps, "train_seconds": round(ledger.seconds, 2),
+              "resumed_from": resume.name if resume is not None else None,
+              "log_history": [dict(h) for h in trainer.state.log_history]}
     with atomic_path(done) as tmp:
         trainer.model.save_pretrained(str(tmp))
         (tmp / "phase.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -324,27 +339,31 @@ def _curve(history: list[dict], keys: dict[str, str]) -> list[dict]:
 # --- the command ------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Prepared:
+    """What the training, evaluation and record steps share, fixed before training starts."""
+
+    task: Any
+    base_path: Path
+    base_sha: dict[str, str]
+    init: dict | None  # the init adapter's record (path, sha256, method, seconds, steps)
+    train_exs: list
+    eval_exs: list
+    max_completion_length: int
+    before: dict  # greedy accuracy / reward of the base on eval_exs
+
+
 def train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), console=None) -> Path:
     """Train one LoRA expert as `config` says and return its folder (`config.out`).
 
     Idempotent and resumable: an existing complete output with the same config is returned untouched;
     an interrupted run resumes from `<out>.partial/` (HF Trainer checkpoints). Extra HF
     `TrainerCallback`s in `callbacks` are added to each trainer."""
-    from loramix.train.common import torch_threads
-
     with torch_threads(config.threads):
         return _train_expert(config, callbacks=callbacks, console=console)
 
 
 def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), console=None) -> Path:
-    import torch
-    from rich.console import Console
-
-    import loramix
-    from loramix.tasks import get_task
-    from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
-    from loramix.train.common import greedy_eval, quiet_hf
-
     cfg = replace(config, out=Path(config.out), target_modules=tuple(config.target_modules))
     cfg.validate()
     console = console or Console(stderr=True)
@@ -353,53 +372,29 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
         if cfg.progress:
             console.print(msg, highlight=False, soft_wrap=True)
 
-    out: Path = cfg.out
-    work = partial_dir(out)
-    ident = cfg.identity()
-
-    if is_complete(out) and not cfg.force:
-        try:
-            recorded = json.loads((out / METRICS_FILE).read_text()).get("config", {})
-        except json.JSONDecodeError:
-            raise LoramixError(f"{out / METRICS_FILE}: not valid JSON; use --force to retrain") from None
-        recorded = {k: v for k, v in recorded.items() if k not in RUN_FIELDS}
-        diff = _config_diff(recorded, ident)
-        if diff:
-            raise LoramixError(f"{out}: already holds an expert trained with another config "
-                               f"(differs in: {', '.join(diff)}); use --force or another --out")
-        console.print(f"already trained: {out} (nothing to do)", highlight=False, soft_wrap=True)
-        return out
-    if out.exists() and not out.is_dir():
-        raise LoramixError(f"{out}: --out exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_complete(out) and not cfg.force:
-        raise LoramixError(f"{out}: --out is a non-empty folder that is not a trained expert; "
-                           f"use another --out or --force to replace it")
-
     task = get_task(cfg.task)  # raises LoramixError naming the valid tasks
     quiet_hf()
-
     base_path = Path(resolve_base(cfg.base))
     base_sha = base_fingerprint(base_path)
-
-    # the partial folder: reuse it only if it was started with the same config and base weights
-    saved = work / CONFIG_FILE
-    ident = {**ident, "base_weights_sha256": base_sha}
     init = _init_record(Path(cfg.init_adapter)) if cfg.init_adapter is not None else None
-    if init is not None:
-        ident["init_adapter_sha256"] = init["adapter_sha256"]
-    if saved.is_file():
-        prev = json.loads(saved.read_text())
-        diff = _config_diff(prev, ident)
-        if diff and not cfg.force:
-            raise LoramixError(f"{work}: an interrupted run with another config is there (differs in: "
-                               f"{', '.join(diff)}); use --force to discard it")
-        if diff:
-            shutil.rmtree(work)
-    elif cfg.force and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(saved, ident)
+    run = run_folder(cfg, base_sha, init)
+    if run.finished():
+        console.print(f"already trained: {cfg.out} (nothing to do)", highlight=False, soft_wrap=True)
+        return cfg.out
+    prep = _prepare(cfg, task, base_path, base_sha, init, run.open(), say)
+    adapter, records = _train_phases(cfg, prep, run.work, callbacks, say)
+    after = _accuracy_after(cfg, prep, adapter, say)
+    metrics = _metrics(cfg, prep, records, after)
+    run.save(lambda folder: [shutil.copy2(adapter / f, folder / f) for f in ADAPTER_FILES], metrics)
+    before = prep.before
+    say(f"{prep.task.name} expert ({cfg.run_method}): accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
+        f"reward {before['reward']:+.3f} -> {after['reward']:+.3f}, {metrics['train_seconds']:.0f} s; saved {cfg.out}")
+    return cfg.out
 
+
+def _prepare(cfg: ExpertTrainConfig, task, base_path: Path, base_sha: dict, init: dict | None, work: Path,
+             say: Callable[[str], None]) -> _Prepared:
+    """The examples, the completion budget and the accuracy before."""
     train_exs = _examples(task, "train", cfg.n_train, cfg)
     eval_exs = _examples(task, "validation", cfg.n_eval, cfg)
     if not train_exs or not eval_exs:
@@ -408,53 +403,67 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
     base_model, tok = load_model_and_tokenizer(base_path)
     max_pos = getattr(base_model.config, "max_position_embeddings", None)
     mcl = cfg.max_completion_length or auto_completion_length(task, tok, train_exs, max_pos)
+    before = _accuracy_before(cfg, work, base_model, tok, task, eval_exs, mcl, say)
+    return _Prepared(task=task, base_path=base_path, base_sha=base_sha, init=init, train_exs=train_exs,
+                     eval_exs=eval_exs, max_completion_length=mcl, before=before)
 
-    # accuracy before (cached in the partial folder so a resume does not redo it)
+
+def _timed_eval(model, tok, task, examples, max_new_tokens: int, batch_size: int) -> dict:
+    t0 = time.perf_counter()
+    result = greedy_eval(model, tok, task, examples, max_new_tokens, batch_size)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _accuracy_before(cfg: ExpertTrainConfig, work: Path, base_model, tok, task, eval_exs, mcl: int,
+                     say: Callable[[str], None]) -> dict:
+    """The base model's accuracy, cached in the partial folder so a resume does not redo it."""
     before_file = work / "before.json"
     if before_file.is_file():
-        before = json.loads(before_file.read_text())
-    else:
-        say(f"evaluating the base model on {len(eval_exs)} validation prompts of {task.name}")
-        t0 = time.perf_counter()
-        before = greedy_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
-        before["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(before_file, before)
-    del base_model
+        return json.loads(before_file.read_text())
+    say(f"evaluating the base model on {len(eval_exs)} validation prompts of {task.name}")
+    before = _timed_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
+    write_json(before_file, before)
+    return before
 
-    phases: list[tuple[str, int]] = []
+
+def _phases(cfg: ExpertTrainConfig) -> list[tuple[str, int]]:
+    """(kind, steps) of each training phase, in order."""
     if cfg.method == "sft":
-        phases.append(("sft", cfg.steps))
-    else:
-        if cfg.sft_warmup_steps:
-            phases.append(("sft", cfg.sft_warmup_steps))
-        phases.append(("grpo", cfg.steps))
+        return [("sft", cfg.steps)]
+    return ([("sft", cfg.sft_warmup_steps)] if cfg.sft_warmup_steps else []) + [("grpo", cfg.steps)]
 
+
+def _train_phases(cfg: ExpertTrainConfig, prep: _Prepared, work: Path, callbacks: Sequence[Any],
+                  say: Callable[[str], None]) -> tuple[Path, list[dict]]:
+    """Each phase starts from the previous one's adapter (the first from the init adapter, if any).
+    Returns the last adapter folder and the phase records."""
     adapter: Path | None = Path(cfg.init_adapter) if cfg.init_adapter is not None else None
     records = []
-    for kind, steps in phases:
-        adapter, rec = _run_phase(kind, steps, cfg, base_path, work, task, train_exs, mcl, adapter,
-                                  callbacks, say)
+    for kind, steps in _phases(cfg):
+        adapter, rec = _run_phase(kind, steps, cfg, prep.base_path, work, prep.task, prep.train_exs,
+                                  prep.max_completion_length, adapter, callbacks, say)
         records.append(rec)
+    return adapter, records
 
-    # accuracy after, with the saved adapter on a fresh copy of the base
-    from peft import PeftModel
 
-    model, tok = load_model_and_tokenizer(base_path)
+def _accuracy_after(cfg: ExpertTrainConfig, prep: _Prepared, adapter: Path, say: Callable[[str], None]) -> dict:
+    """The saved adapter's accuracy, on a fresh copy of the base."""
+    model, tok = load_model_and_tokenizer(prep.base_path)
     model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    say(f"evaluating the expert on {len(eval_exs)} validation prompts")
-    t0 = time.perf_counter()
-    after = greedy_eval(model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
-    after["seconds"] = round(time.perf_counter() - t0, 2)
+    say(f"evaluating the expert on {len(prep.eval_exs)} validation prompts")
+    return _timed_eval(model, tok, prep.task, prep.eval_exs, prep.max_completion_length, cfg.eval_batch_size)
 
-    import peft
-    import transformers
+
+def _metrics(cfg: ExpertTrainConfig, prep: _Prepared, records: list[dict], after: dict) -> dict:
+    """The expert's metrics.json."""
     import trl
 
+    before, init, mcl, base_sha = prep.before, prep.init, prep.max_completion_length, prep.base_sha
     grpo_hist = next((r["log_history"] for r in records if r["method"] == "grpo"), [])
     sft_hist = next((r["log_history"] for r in records if r["method"] == "sft"), [])
-    recorded_config = {**asdict(cfg), **cfg.identity(), "out": str(cfg.out)}
-    metrics = {
-        "task": task.name,
+    return {
+        "task": prep.task.name,
         "method": cfg.run_method,
         "seed": cfg.seed,
         "steps": sum(r["steps"] for r in records) + (init["steps"] if init else 0),
@@ -462,7 +471,7 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
         "accuracy_after": after["accuracy"],
         "reward_before": before["reward"],
         "reward_after": after["reward"],
-        "eval": {"split": "validation", "n": len(eval_exs), "decoding": "greedy",
+        "eval": {"split": "validation", "n": len(prep.eval_exs), "decoding": "greedy",
                  "max_new_tokens": mcl, "difficulty": cfg.difficulty, "before": before, "after": after},
         "reward_curve": _curve(grpo_hist, {"reward": "reward", "reward_std": "reward_std", "loss": "loss",
                                            "completions/mean_length": "mean_length"}),
@@ -472,26 +481,13 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
         "phases": [{k: v for k, v in r.items() if k != "log_history"} for r in records],
         "init_adapter": init,
         "max_completion_length": mcl,
-        "config": recorded_config,
-        "base": {"path": str(base_path), "weights_sha256": base_sha},
+        "config": {**asdict(cfg), **cfg.identity(), "out": str(cfg.out)},
+        "base": {"path": str(prep.base_path), "weights_sha256": base_sha},
         "base_sha256": next(iter(base_sha.values())) if len(base_sha) == 1 else None,
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
                  "target_modules": list(cfg.target_modules)},
         "versions": {"loramix": loramix.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__},
         "loramix_version": loramix.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for f in ADAPTER_FILES:
-            shutil.copy2(adapter / f, tmp / f)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    say(f"{task.name} expert ({cfg.run_method}): accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}, "
-        f"reward {before['reward']:+.3f} -> {after['reward']:+.3f}, {metrics['train_seconds']:.0f} s; saved {out}")
-    return out
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(ExpertTrainConfig)]

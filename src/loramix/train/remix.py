@@ -39,10 +39,7 @@ Design decisions (documented because the paper leaves room):
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +48,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformers import set_seed
+
+from loramix import __version__
 from loramix.errors import LoramixError
-from loramix.experts import Expert, LoraWeights
-from loramix.io import atomic_path
-from loramix.routers import effective_sample_size  # noqa: F401 - re-exported
-from loramix.loading import load_model_and_tokenizer, resolve_base
+from loramix.experts import MLP_MODULES, Expert, LoraWeights
+from loramix.io import sha256_file
+from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
+from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS, MixtureConfig, compose
+from loramix.routers import OMEGAS, ReMixOptions, TopKOptions, effective_sample_size  # noqa: F401 - re-exported
+from loramix.tasks import get_task
+from loramix.train.common import METRICS_FILE, RunFolder, run_trainer, torch_threads, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
+from loramix.train.trainer import MixtureTrainer
 
 ROUTER_CHOICES = ("remix", "topk")
-METRICS_FILE = "metrics.json"
-TRAIN_LOG_FILE = "train_log.json"
+# Fields that change how a run is executed or shown, not what it produces.
+RUN_FIELDS = frozenset({"out", "threads", "progress", "keep_checkpoints", "save_steps", "logging_steps"})
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (tok * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-def fresh_experts(model: nn.Module, n: int, rank: int, targets=("gate_proj", "up_proj", "down_proj"),
+def fresh_experts(model: nn.Module, n: int, rank: int, targets=MLP_MODULES,
                   seed: int = 0, scale: float = 1.0, prefix: str = "remix") -> list[Expert]:
     """``n`` new LoRA experts on every Linear of ``model`` whose name ends with one of ``targets``,
     PEFT-initialised (A kaiming-uniform(a=sqrt(5)), B zero, so the mixture starts equal to the base)."""
@@ -134,41 +138,42 @@ class ReMixConfig:
     n_examples: int = 512
     difficulty: str | None = None  # None: the task's default
     router: str = "remix"  # "remix" | "topk" (MixLoRA-style baseline)
-    experts_n: int = 8
-    k: int = 2
+    n_experts: int = 8
+    top_k: int = 2
     rank: int = 8
     samples: int = 4  # M, RLOO samples per sequence (remix only)
     omega: str = "linear"  # 2/(k r) or "sqrt": 2/sqrt(k r)
-    lora_alpha: float | None = None  # topk only; default 2 * rank
-    targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+    alpha: float | None = None  # topk only; default 2 * rank
+    targets: tuple[str, ...] = MLP_MODULES
     logq_tokens: str = "all"  # "all" attended tokens | "completion" (scored positions only)
     detach_router_input: bool = True
     steps: int = 200
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 1e-3
-    router_lr: float | None = None  # None: same as lr
+    learning_rate: float = 1e-3
+    router_learning_rate: float | None = None  # None: learning_rate
     weight_decay: float = 0.0
     warmup_steps: int = 10
-    scheduler: str = "cosine"
+    lr_scheduler_type: str = "cosine"
     max_length: int = 512
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 100
     keep_checkpoints: bool = False
     threads: int | None = None
+    progress: bool = True
 
     def validate(self) -> None:
         if self.router not in ROUTER_CHOICES:
             raise LoramixError(f"router must be one of {', '.join(ROUTER_CHOICES)}, got {self.router!r}")
-        if not 1 <= self.k <= self.experts_n:
-            raise LoramixError(f"k must lie in 1..experts_n ({self.experts_n}), got {self.k}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise LoramixError(f"top_k must lie in 1..n_experts ({self.n_experts}), got {self.top_k}")
         if self.router == "remix" and self.samples < 2:
             raise LoramixError(f"RLOO needs samples >= 2, got {self.samples}")
         if self.logq_tokens not in ("all", "completion"):
             raise LoramixError(f"logq_tokens must be 'all' or 'completion', got {self.logq_tokens!r}")
-        if self.omega not in ("linear", "sqrt"):
-            raise LoramixError(f"omega must be 'linear' or 'sqrt', got {self.omega!r}")
+        if self.omega not in OMEGAS:
+            raise LoramixError(f"omega must be one of {', '.join(OMEGAS)}, got {self.omega!r}")
         if not self.tasks and self.traces is None:
             raise LoramixError("no training data: give at least one task or a traces file")
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("rank", self.rank),
@@ -182,6 +187,10 @@ class ReMixConfig:
         d["tasks"], d["targets"] = list(self.tasks), list(self.targets)
         return d
 
+    def identity(self) -> dict:
+        """The fields that determine the result (compared on rerun and resume)."""
+        return {k: v for k, v in self.to_json().items() if k not in RUN_FIELDS}
+
 
 # --- data ---------------------------------------------------------------------------------------
 
@@ -189,8 +198,6 @@ class ReMixConfig:
 def training_pairs(config: ReMixConfig) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     if config.tasks:
-        from loramix.tasks import get_task
-
         for i, name in enumerate(config.tasks):
             task = get_task(name)
             kw: dict[str, Any] = {"seed": config.seed * 1000 + i}
@@ -206,81 +213,68 @@ def training_pairs(config: ReMixConfig) -> list[tuple[str, str]]:
 # --- trainer ------------------------------------------------------------------------------------
 
 
-def _make_trainer_class():
-    from loramix.train.trainer import MixtureTrainer
+class ReMixTrainer(MixtureTrainer):
+    """HF Trainer whose ``compute_loss`` is the ReMix RLOO surrogate (or, for the top-k baseline,
+    the per-sequence SFT loss). Checkpoints hold only the trainable tensors."""
 
-    class ReMixTrainer(MixtureTrainer):
-        """HF Trainer whose ``compute_loss`` is the ReMix RLOO surrogate (or, for the top-k baseline,
-        the per-sequence SFT loss). Checkpoints hold only the trainable tensors."""
+    def __init__(self, *args, remix_config: ReMixConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.remix_config = remix_config
+        self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by GA steps
 
-        def __init__(self, *args, remix_config: ReMixConfig, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.remix_config = remix_config
-            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by GA steps
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.remix_config
+        mix = self.accelerator.unwrap_model(model)
+        input_ids, attn, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        B = input_ids.shape[0]
+        M = cfg.samples if (cfg.router == "remix" and model.training) else 1
+        embeds = mix.get_input_embeddings()(input_ids)  # the one exactly shareable piece
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            cfg = self.remix_config
-            mix = self.accelerator.unwrap_model(model)
-            input_ids, attn, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-            B = input_ids.shape[0]
-            M = cfg.samples if (cfg.router == "remix" and model.training) else 1
-            embeds = mix.get_input_embeddings()(input_ids)  # the one exactly shareable piece
+        def rep(t):
+            return t.repeat(M, *([1] * (t.dim() - 1))) if M > 1 else t
 
-            def rep(t):
-                return t.repeat(M, *([1] * (t.dim() - 1))) if M > 1 else t
-
-            outputs = model(inputs_embeds=rep(embeds), attention_mask=rep(attn), use_cache=False)
-            rep_labels, rep_attn = rep(labels), rep(attn)
-            seq_loss = sequence_losses(outputs.logits, rep_labels).view(M, B)
-            routings = [(s.name, s.routing) for s in mix.sites if s.routing is not None]
-            if M > 1:
-                if cfg.logq_tokens == "all":
-                    tok_mask = rep_attn.float()
-                else:
-                    tok_mask = torch.zeros_like(rep_attn, dtype=torch.float32)
-                    tok_mask[:, :-1] = (rep_labels[:, 1:] != -100).float()
-                log_q = sum((r.log_prob * tok_mask).sum(-1) for _, r in routings if r.log_prob is not None)
-                if not torch.is_tensor(log_q):
-                    raise LoramixError("the routers produced no log-probabilities (is the model in training mode?)")
-                loss = rloo_surrogate(seq_loss, log_q.view(M, B))
+        outputs = model(inputs_embeds=rep(embeds), attention_mask=rep(attn), use_cache=False)
+        rep_labels, rep_attn = rep(labels), rep(attn)
+        seq_loss = sequence_losses(outputs.logits, rep_labels).view(M, B)
+        routings = [(s.name, s.routing) for s in mix.sites if s.routing is not None]
+        if M > 1:
+            if cfg.logq_tokens == "all":
+                tok_mask = rep_attn.float()
             else:
-                loss = seq_loss.mean()
-            if model.training:
-                self._record(routings, rep_attn, seq_loss)
-            return (loss, outputs) if return_outputs else loss
+                tok_mask = torch.zeros_like(rep_attn, dtype=torch.float32)
+                tok_mask[:, :-1] = (rep_labels[:, 1:] != -100).float()
+            log_q = sum((r.log_prob * tok_mask).sum(-1) for _, r in routings if r.log_prob is not None)
+            if not torch.is_tensor(log_q):
+                raise LoramixError("the routers produced no log-probabilities (is the model in training mode?)")
+            loss = rloo_surrogate(seq_loss, log_q.view(M, B))
+        else:
+            loss = seq_loss.mean()
+        if model.training:
+            self._record(routings, rep_attn, seq_loss)
+        return (loss, outputs) if return_outputs else loss
 
-        @torch.no_grad()
-        def _record(self, routings, attn, seq_loss):
-            self.record_routing(attn)
-            if seq_loss.shape[0] > 1:
-                self.log_metric("sample_loss_std", seq_loss.std(0).mean())
-
-    return ReMixTrainer
+    @torch.no_grad()
+    def _record(self, routings, attn, seq_loss):
+        self.record_routing(attn)
+        if seq_loss.shape[0] > 1:
+            self.log_metric("sample_loss_std", seq_loss.std(0).mean())
 
 
 # --- entry point --------------------------------------------------------------------------------
 
 
-def is_complete(out: str | Path) -> bool:
-    out = Path(out)
-    from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS
-
-    return all((out / f).is_file() for f in (MIXTURE_CONFIG, MIXTURE_WEIGHTS, METRICS_FILE))
-
-
 def build_mixture(model: nn.Module, config: ReMixConfig):
     """Fresh experts + per-layer routers (``router`` remix or topk) on ``model``, experts trainable."""
-    from loramix.mixture import compose
-
     if config.router == "remix":
-        scale, router_kwargs = 1.0, {"rank": config.rank, "omega": config.omega}
+        scale, options = 1.0, ReMixOptions(rank=config.rank, omega=config.omega)
     else:
-        alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.rank
-        scale, router_kwargs = alpha / config.rank, {"normalize": True}
-    experts = fresh_experts(model, config.experts_n, config.rank, config.targets, seed=config.seed, scale=scale,
+        alpha = config.alpha if config.alpha is not None else 2.0 * config.rank
+        scale, options = alpha / config.rank, TopKOptions(normalize=True)
+    experts = fresh_experts(model, config.n_experts, config.rank, config.targets, seed=config.seed, scale=scale,
                             prefix=config.router)
-    mixture = compose(model, experts, router=config.router, top_k=config.k, shared_router=False,
-                      router_kwargs=router_kwargs, trainable_experts=True, seed=config.seed)
+    mixture_config = MixtureConfig(router=config.router, top_k=config.top_k, shared_router=False,
+                                   router_options=options, trainable_experts=True)
+    mixture = compose(model, experts, mixture_config, seed=config.seed)
     if config.router == "remix" and config.detach_router_input:
         for router in mixture.routers:  # a hook, not a wrapper: state-dict keys stay those of load_mixture
             router.register_forward_pre_hook(lambda _mod, args: (args[0].detach(), *args[1:]))
@@ -292,57 +286,56 @@ def train_remix(config: ReMixConfig) -> Path:
 
     Writes ``config.out`` atomically: the mixture (``load_mixture(out, base_model)`` restores it),
     ``metrics.json`` and ``train_log.json`` (Trainer log history, with ESS per layer). Trainer
-    checkpoints go to ``<out>.ckpt`` and a rerun resumes from the latest; if ``out`` is already
-    complete the call does nothing."""
+    checkpoints go to ``<out>.partial`` and a rerun resumes from the latest (also with more
+    ``steps``); if ``out`` already holds this run the call does nothing."""
     return fit_remix(config)[0]
 
 
 def fit_remix(config: ReMixConfig):
     """``train_remix`` that also returns the trained mixture (in eval mode): ``(out, mixture)``;
     ``mixture`` is None when ``out`` was already complete (nothing trained)."""
-    from transformers import TrainingArguments, set_seed
-
     config.validate()
-    out = Path(config.out)
-    if is_complete(out):
-        return out, None
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    run = RunFolder(config.out, config.identity(), complete_files=(MIXTURE_CONFIG, MIXTURE_WEIGHTS, METRICS_FILE),
+                    may_extend=("steps",))
+    if run.finished():
+        return run.out, None
+    with torch_threads(config.threads):
+        return run.out, _fit(config, run)
+
+
+def _fit(config: ReMixConfig, run: RunFolder):
     set_seed(config.seed)
     base_path = resolve_base(config.base)
     model, tok = load_model_and_tokenizer(base_path)
     dataset = completion_dataset(tok, training_pairs(config), config.max_length)
     mixture = build_mixture(model, config)
     mixture.train()
-
-    ckpt_dir = out.with_name(out.name + ".ckpt")
-    from loramix.train.common import last_checkpoint
-
-    resume = last_checkpoint(ckpt_dir)  # the last *complete* checkpoint: a kill mid-save leaves a torn one
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+    args = training_arguments(
+        run.open(), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
         weight_decay=config.weight_decay, warmup_steps=min(config.warmup_steps, config.steps // 10),
-        lr_scheduler_type=config.scheduler, logging_steps=config.logging_steps, save_steps=config.save_steps,
-        save_total_limit=2, report_to=[], seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
-        dataloader_num_workers=0, disable_tqdm=True, label_names=["labels"],
-        ddp_find_unused_parameters=True,  # experts no token chose this step get no gradient
-        use_cpu=not torch.cuda.is_available())
-    trainer = _make_trainer_class()(model=mixture, args=args, train_dataset=dataset,
-                                    data_collator=pad_collator(tok.pad_token_id), remix_config=config,
-                                    router_learning_rate=config.router_lr)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - t0
+        lr_scheduler_type=config.lr_scheduler_type, logging_steps=config.logging_steps,
+        save_steps=config.save_steps, seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
+        label_names=["labels"], ddp_find_unused_parameters=True)  # experts no token chose get no gradient
+    trainer = ReMixTrainer(model=mixture, args=args, train_dataset=dataset,
+                           data_collator=pad_collator(tok.pad_token_id), remix_config=config,
+                           router_learning_rate=config.router_learning_rate)
+    resume = run.last_checkpoint()  # the last *complete* checkpoint: a kill mid-save leaves a torn one
+    ledger = run_trainer(trainer, config.router, resume=resume, progress=config.progress)
     mixture.eval()
+    metrics = _metrics(config, trainer, base_path, ledger.seconds, resume is not None, len(dataset))
+    run.save(mixture.save_pretrained, metrics, log_history=trainer.state.log_history,
+             should_save=trainer.args.should_save, keep_work=config.keep_checkpoints)
+    return mixture
+
+
+def _metrics(config: ReMixConfig, trainer, base_path, train_seconds: float, resumed: bool, examples: int) -> dict:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
+    summary = next((h for h in reversed(history) if "train_loss" in h), {})
     last_ess = next((h for h in reversed(history) if "ess_mean" in h), {})
-    from loramix import __version__
-    from loramix.io import sha256_file
-    from loramix.loading import base_fingerprint
-
-    metrics = {
+    mixture = trainer.accelerator.unwrap_model(trainer.model)
+    return {
         "loramix_version": __version__,
         "config": config.to_json(),
         "inputs_sha256": {str(config.traces): sha256_file(config.traces)} if config.traces else {},
@@ -352,24 +345,16 @@ def fit_remix(config: ReMixConfig):
         "train_seconds": round(train_seconds, 3),
         "seconds_per_step": round(train_seconds / max(1, config.steps), 4),
         "steps": trainer.state.global_step,
-        "resumed": bool(resume),
-        "final_loss": losses[-1] if losses else result.training_loss,
-        "mean_train_loss": result.training_loss,
+        "resumed": resumed,
+        "final_loss": losses[-1] if losses else summary.get("train_loss"),
+        "mean_train_loss": summary.get("train_loss"),
         "ess": {k.removeprefix("ess/"): v for k, v in last_ess.items() if k.startswith("ess/")},
         "ess_mean": last_ess.get("ess_mean"),
         "trainable_parameters": mixture.trainable_parameters(),
         "parameter_report": mixture.parameter_report(),
-        "examples": len(dataset),
+        "examples": examples,
     }
-    if trainer.args.should_save:
-        with atomic_path(out) as tmp:
-            mixture.save_pretrained(tmp)
-            (tmp / TRAIN_LOG_FILE).write_text(json.dumps(history, indent=2) + "\n")
-            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        if not config.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out, mixture
 
 
 __all__ = ["ReMixConfig", "train_remix", "fit_remix", "rloo_surrogate", "fresh_experts", "effective_sample_size",
-           "sequence_losses", "build_mixture", "training_pairs", "is_complete"]
+           "sequence_losses", "build_mixture", "training_pairs"]

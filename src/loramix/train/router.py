@@ -7,24 +7,20 @@ The trainer is the HF ``Trainer`` (so ``accelerate launch`` gives DDP/FSDP/DeepS
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import TrainingArguments
-
 from loramix import __version__
-from loramix.io import atomic_path, sha256_file, write_json
+from loramix.experts import WEIGHTS_NAME
+from loramix.io import sha256_file
 from loramix.loading import load_base_model
-from loramix.mixture import MixtureModel, compose
-from loramix.train.common import last_checkpoint
+from loramix.mixture import MixtureConfig, MixtureModel, compose
+from loramix.train.common import RunFolder, run_trainer, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer, RouterStepCallback
 
-
-# --- config and trainer -------------------------------------------------------------------------
+# Fields that change how a run is executed or shown, not what it produces.
+RUN_FIELDS = frozenset({"out", "progress", "save_steps", "logging_steps"})
 
 
 @dataclass
@@ -35,14 +31,7 @@ class RouterTrainConfig:
     experts: list[str]
     traces: str
     out: str
-    router: str = "hard"
-    top_k: int | None = None
-    shared_router: bool = True
-    attention_lora_rank: int = 8
-    attention_lora_alpha: float | None = None
-    router_kwargs: dict = field(default_factory=dict)
-    load_balance_coef: float = 0.0
-    z_loss_coef: float = 0.0
+    mixture: MixtureConfig = field(default_factory=lambda: MixtureConfig(attention_lora_rank=8))
     learning_rate: float = 1e-3
     router_learning_rate: float | None = None  # None: learning_rate
     lr_scheduler_type: str = "cosine"
@@ -55,52 +44,44 @@ class RouterTrainConfig:
     logging_steps: int = 5
     seed: int = 0
     progress: bool = True
+    force: bool = False
 
-
-def _training_args(cfg: RouterTrainConfig, output_dir: Path) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed, report_to=[],
-        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), bf16=False,
-        disable_tqdm=not cfg.progress, dataloader_num_workers=0, save_only_model=False,
-    )
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS | {"force"}}
 
 
 def train_router(cfg: RouterTrainConfig) -> Path:
     """Train the router over frozen experts and save the mixture folder at ``cfg.out`` (atomic).
     Rerunning resumes from the last checkpoint in ``<out>.partial``; a finished ``out`` is kept."""
-    out = Path(cfg.out)
-    if (out / "metrics.json").is_file():
-        return out
+    run = RunFolder(cfg.out, cfg.identity(), force=cfg.force)
+    if run.finished():
+        return run.out
     model, tok = load_base_model(cfg.base)
     rows = read_traces(cfg.traces)
     data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
-    mixture = compose(model, cfg.experts, router=cfg.router, top_k=cfg.top_k, shared_router=cfg.shared_router,
-                      attention_lora_rank=cfg.attention_lora_rank, attention_lora_alpha=cfg.attention_lora_alpha,
-                      router_kwargs=cfg.router_kwargs, load_balance_coef=cfg.load_balance_coef,
-                      z_loss_coef=cfg.z_loss_coef, seed=cfg.seed)
+    mixture = compose(model, cfg.experts, cfg.mixture, seed=cfg.seed)
     mixture.record_routing = False
-    work = out.with_name(out.name + ".partial")
-    trainer = MixtureTrainer(model=mixture, args=_training_args(cfg, work), train_dataset=data,
-                             data_collator=pad_collator(tok.pad_token_id), callbacks=[RouterStepCallback()],
+    args = training_arguments(
+        run.open(), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed,
+        data_seed=cfg.seed, remove_unused_columns=False)
+    trainer = MixtureTrainer(model=mixture, args=args, train_dataset=data,
+                             data_collator=pad_collator(tok.pad_token_id),
                              router_learning_rate=cfg.router_learning_rate)
-    resume = last_checkpoint(work)  # the last *complete* checkpoint: a kill mid-save leaves a torn one
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - start
+    resume = run.last_checkpoint()  # the last *complete* checkpoint: a kill mid-save leaves a torn one
+    ledger = run_trainer(trainer, f"router {cfg.mixture.router}", resume=resume, progress=cfg.progress,
+                         callbacks=[RouterStepCallback()])
     mixture.record_routing = True
-    save_mixture_run(mixture, out, cfg, trainer.state.log_history, seconds, resumed=resume is not None,
-                     inputs=[cfg.traces] + [str(Path(e) / "adapter_model.safetensors") for e in cfg.experts])
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+    inputs = [cfg.traces] + [str(Path(e) / WEIGHTS_NAME) for e in cfg.experts]
+    return save_mixture_run(run, mixture, cfg, trainer, ledger.seconds, resume is not None, inputs)
 
 
-def save_mixture_run(mixture: MixtureModel, out: Path, cfg, log_history: list[dict], seconds: float,
-                     resumed: bool, inputs: list[str], extra: dict | None = None) -> None:
+def save_mixture_run(run: RunFolder, mixture: MixtureModel, cfg, trainer, seconds: float, resumed: bool,
+                     inputs: list[str], extra: dict | None = None) -> Path:
     """The mixture folder plus ``metrics.json`` (config, seed, version, input digests, loss curve)
     and ``train_log.json``, all appearing at once."""
+    log_history = trainer.state.log_history
     losses = [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h]
     metrics = {
         "loramix_version": __version__, "config": asdict(cfg), "seed": cfg.seed,
@@ -109,7 +90,5 @@ def save_mixture_run(mixture: MixtureModel, out: Path, cfg, log_history: list[di
         "inputs_sha256": {p: sha256_file(p) for p in inputs if Path(p).is_file()},
         **(extra or {}),
     }
-    with atomic_path(out) as tmp:
-        mixture.save_pretrained(tmp)
-        write_json(tmp / "train_log.json", log_history)
-        write_json(tmp / "metrics.json", metrics)
+    return run.save(mixture.save_pretrained, metrics, log_history=log_history,
+                    should_save=trainer.args.should_save)

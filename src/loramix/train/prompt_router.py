@@ -1,0 +1,136 @@
+"""Training the prompt-level router (``loramix.baselines.prompt_router``): a multinomial logistic
+regression on the base model's mean-pooled prompt states, labels from traces or task names. Output: a
+loramix mixture folder (``fixed`` router) holding the classifier, plus ``metrics.json``."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from loramix import __version__
+from loramix.experts import adapter_folders
+from loramix.loading import load_base
+from loramix.baselines.prompt_router import PROMPT_ROUTER_CONFIG, PromptRouter, prompt_features
+from loramix.errors import LoramixError
+from loramix.io import atomic_path, write_json
+from loramix.mixture import compose
+from loramix.tasks import get_task
+from loramix.train.common import METRICS_FILE
+from loramix.train.data import read_traces
+
+
+def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty):
+    """``(train, heldout)`` lists of ``(prompt, label, expert)``."""
+    if traces is not None:
+        seen: dict[str, tuple[str, str, int]] = {}
+        for r in read_traces(traces):
+            label = r.get("task")
+            expert = r.get("expert_index")
+            if expert is None and label is not None and expert_for_task and label in expert_for_task:
+                expert = expert_for_task[label]
+            if expert is None:
+                raise LoramixError(f"{traces}: a row has no expert_index (and its task {label!r} is not mapped)")
+            label = str(label if label is not None else expert)
+            seen.setdefault(r["prompt"], (r["prompt"], label, int(expert)))
+        items = list(seen.values())
+        random.Random(seed).shuffle(items)
+        by_label: dict[str, list] = {}
+        for it in items:
+            by_label.setdefault(it[1], []).append(it)
+        train, held = [], []
+        for its in by_label.values():  # hold out a fifth of each label's prompts
+            k = max(1, len(its) // 5) if len(its) > 1 else 0
+            held += its[:k]
+            train += its[k:]
+        return train, held
+    if not tasks:
+        raise LoramixError("the prompt router needs --traces or --tasks")
+    train, held = [], []
+    for i, name in enumerate(tasks):
+        task = get_task(name)
+        expert = (expert_for_task or {}).get(name, i)
+        kw = {} if difficulty is None else {"difficulty": difficulty}
+        train += [(e.prompt, name, expert) for e in task.examples("train", n_per_task, seed=seed, **kw)]
+        held += [(e.prompt, name, expert) for e in task.examples("validation", max(1, n_per_task // 4), seed=seed, **kw)]
+    return train, held
+
+
+def fit_prompt_router(features: torch.Tensor, labels: Sequence[str], experts_of: dict[str, int], steps: int = 300,
+                      lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> PromptRouter:
+    """Multinomial logistic regression (full batch, Adam) on standardised features."""
+    names = sorted(set(labels))
+    y = torch.tensor([names.index(l) for l in labels])
+    mean, std = features.mean(0), features.std(0, unbiased=False).clamp_min(1e-6)
+    x = (features - mean) / std
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(x.shape[1], len(names))
+        opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=weight_decay)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(lin(x), y)
+                loss.backward()
+                opt.step()
+    return PromptRouter(names, [int(experts_of[n]) for n in names], lin.weight.detach().clone(),
+                        lin.bias.detach().clone(), mean, std, {"final_train_loss": float(loss.detach())})
+
+
+def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: str | Path, *,
+                        traces: str | Path | None = None, tasks: Sequence[str] | None = None,
+                        expert_for_task: dict[str, int] | None = None, n_per_task: int = 200,
+                        difficulty: str | None = None, steps: int = 300, lr: float = 0.05, seed: int = 0,
+                        batch_size: int = 32) -> Path:
+    """Train the prompt-level classifier and save a mixture folder (``fixed`` router over
+    ``experts``) holding it. Labels come from the traces (``task``, ``expert_index``; a fifth of each
+    label's distinct prompts is held out) or from ``tasks`` (task i -> expert i unless
+    ``expert_for_task``; held out: the validation split). ``metrics.json`` reports the held-out
+    classification accuracy."""
+    paths = adapter_folders(experts)
+    train, held = _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty)
+    if len({l for _, l, _ in train}) < 2:
+        raise LoramixError("the prompt router needs prompts of at least two tasks")
+    experts_of = {l: e for _, l, e in train + held}
+    bad = sorted({e for e in experts_of.values() if not 0 <= e < len(paths)})
+    if bad:
+        raise LoramixError(f"expert indices {bad} outside 0..{len(paths) - 1}")
+    model, tok, base_path = load_base(base)
+    start = time.perf_counter()
+    x_train = prompt_features(model, tok, [p for p, _, _ in train], batch_size)
+    router = fit_prompt_router(x_train, [l for _, l, _ in train], experts_of, steps=steps, lr=lr, seed=seed)
+    train_acc = _accuracy(router.predict_labels(x_train), [l for _, l, _ in train])
+    held_acc, per_label = None, {}
+    if held:
+        x_held = prompt_features(model, tok, [p for p, _, _ in held], batch_size)
+        pred = router.predict_labels(x_held)
+        gold = [l for _, l, _ in held]
+        held_acc = _accuracy(pred, gold)
+        per_label = {l: _accuracy([p for p, g in zip(pred, gold) if g == l], [l] * gold.count(l))
+                     for l in sorted(set(gold))}
+    seconds = time.perf_counter() - start
+    router.meta.update(base=str(base_path), seed=seed)
+    mixture = compose(model, paths, router="fixed")
+    mixture.metadata["prompt_router"] = PROMPT_ROUTER_CONFIG
+    metrics = {"loramix_version": __version__, "kind": "prompt_router", "train_seconds": round(seconds, 3),
+               "source": str(traces) if traces is not None else {"tasks": list(tasks or ())},
+               "n_train": len(train), "n_heldout": len(held), "train_accuracy": train_acc,
+               "heldout_accuracy": held_acc, "heldout_accuracy_per_label": per_label,
+               "label_to_expert": dict(zip(router.labels, router.experts)),
+               "trainable_parameters": router.weight.numel() + router.bias.numel(), "steps": steps, "seed": seed}
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        mixture.save_pretrained(tmp)
+        router.save(tmp)
+        write_json(tmp / METRICS_FILE, metrics)
+    return out
+
+
+def _accuracy(pred: Sequence, gold: Sequence) -> float | None:
+    return sum(p == g for p, g in zip(pred, gold)) / len(gold) if gold else None
+
+
+__all__ = ["build_prompt_router", "fit_prompt_router"]
