@@ -236,3 +236,32 @@ def test_unknown_router_lists_valid_ones(fresh):
     model, paths = fresh
     with pytest.raises(LoramixError, match="unknown router 'sparse'; valid: fixed, gumbel, hard, remix, soft, topk"):
         loramix.compose(model, paths, router="sparse")
+
+
+def test_mixture_config_is_saved_whole_and_rebuilt(fresh, tmp_path):
+    import json
+
+    from loramix.mixture import MixtureConfig
+    from loramix.routers import HardOptions
+
+    model, paths = fresh
+    base = copy.deepcopy(model)
+    config = MixtureConfig(router="hard", router_options=HardOptions(ste="chosen"), shared_router=False,
+                           attention_lora_rank=2, load_balance_coef=0.01)
+    mix = loramix.compose(model, paths, config, seed=0)
+    assert mix.mixture_config.top_k == 1 and mix.routers[0].options.ste == "chosen"
+    mix.save_pretrained(tmp_path / "mix")
+    saved = json.loads((tmp_path / "mix" / "mixture_config.json").read_text())
+    assert saved["router_options"] == {"init_std": 0.02, "ste": "chosen"} and saved["format_version"] == 2
+    again = loramix.load_mixture(tmp_path / "mix", copy.deepcopy(base))
+    assert again.mixture_config == mix.mixture_config
+    # format 1 named the router's options "router_kwargs"
+    saved["router_kwargs"] = saved.pop("router_options")
+    (tmp_path / "mix" / "mixture_config.json").write_text(json.dumps(saved))
+    assert loramix.load_mixture(tmp_path / "mix", copy.deepcopy(base)).routers[0].options.ste == "chosen"
+    saved["router_kwargs"] = {"ste": "sometimes"}
+    (tmp_path / "mix" / "mixture_config.json").write_text(json.dumps(saved))
+    with pytest.raises(LoramixError, match=r"mixture_config.json: ste must be one of full, chosen"):
+        loramix.load_mixture(tmp_path / "mix", copy.deepcopy(base))
+    with pytest.raises(LoramixError, match="a MixtureConfig or keyword options, not both"):
+        loramix.compose(copy.deepcopy(base), paths, config, router="soft")

@@ -161,3 +161,32 @@ def test_full_straight_through_gradient_is_the_soft_gradient_for_a_linear_loss()
     with torch.no_grad():  # inference is sparse either way
         routing = HardRouter(din, E, ste="full")(x)
     assert routing.dense_weights is None and routing.unit_weights
+
+
+def test_load_balance_loss_leaves_padding_out():
+    """Mixtral's rule: padded positions count neither in the assignment shares nor in the mean
+    probability; the masked loss equals the loss over the real tokens alone."""
+    torch.manual_seed(0)
+    E, B, T = 4, 2, 5
+    probs = torch.softmax(torch.randn(B, T, E), -1)
+    idx = probs.argmax(-1, keepdim=True)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # left padding on the first row
+    routing = Routing(idx, torch.ones(B, T, 1), probs, logits=probs.log())
+    real = mask.bool()
+    only_real = Routing(idx[real], torch.ones(int(real.sum()), 1), probs[real], logits=probs[real].log())
+    assert load_balance_loss(routing, mask).item() == pytest.approx(load_balance_loss(only_real).item())
+    assert load_balance_loss(routing, mask).item() != pytest.approx(load_balance_loss(routing).item())
+
+
+def test_router_options_are_typed_and_checked():
+    from loramix.routers import GumbelOptions, HardOptions, router_options
+
+    assert router_options("hard", ste="chosen") == HardOptions(ste="chosen")
+    assert router_options("hard", ste=None) == HardOptions()  # an option not given keeps its default
+    assert make_router("gumbel", 8, 4, options=GumbelOptions(hard=False)).top_k == 4
+    with pytest.raises(LoramixError, match="router 'soft' has no option 'ste'"):
+        router_options("soft", ste="chosen")
+    with pytest.raises(LoramixError, match="ste must be one of full, chosen, got 'all'"):
+        make_router("hard", 8, 4, ste="all")
+    with pytest.raises(LoramixError, match="router 'topk' takes TopKOptions, got HardOptions"):
+        make_router("topk", 8, 4, options=HardOptions())

@@ -347,6 +347,54 @@ def _colour(i: int) -> str:
 # --- the analysis -----------------------------------------------------------------------------------------
 
 
+_DEFINITIONS = {  # analysis.json "definitions"
+    "shares": "mean normalised used weight per expert over real tokens (top-1: fraction of tokens)",
+    "routing_accuracy": "share of tokens whose top chosen expert is their own task's expert",
+    "own_mass": "mean normalised used weight on the own task's expert",
+    "max_mass": "mean over tokens of the largest normalised used weight",
+    "entropy": "mean entropy (nats) of the normalised used weights",
+    "ess_token": "mean over tokens of 1/sum(w^2), w the normalised used weights (1..k)",
+    "ess_of_mean": "||pi||_1^2/||pi||_2^2 of pi = router probs averaged over tokens (1..E)",
+    "ess_of_mean_layer_avg": "ess_of_mean per layer, averaged over layers (as logged ess_mean)",
+    "prob_entropy": "mean entropy (nats) of the router probabilities",
+}
+
+
+def _analysis_result(mixture, report, summaries: dict, emap: dict[str, int] | None, log_rows: list[dict] | None,
+                     layer: int | None) -> dict:
+    """The content of analysis.json."""
+    cfg = mixture.mixture_config
+    return {
+        "mixture": {"router": cfg.router, "top_k": cfg.top_k, "shared_router": cfg.shared_router,
+                    "experts": mixture.expert_names, "sites": [s.name for s in mixture.sites]},
+        "config": {**report.config, "html_layer": layer},
+        "expert_for_task": emap,
+        "eval": report.per_task,
+        "tasks": summaries,
+        "ess_steps": log_rows,
+        "definitions": dict(_DEFINITIONS),
+        "files": [f for f in FILES if f != "ess_steps.png" or log_rows is not None],
+    }
+
+
+def _write_analysis(out: str | Path, result: dict, report, mixture, tokenizer, names: list[str],
+                    layer: int | None, html_examples: int) -> None:
+    """analysis.json, usage_heatmap.png, ess_steps.png (with a log) and tokens.html into ``out``, atomically."""
+    summaries, log_rows = result["tasks"], result["ess_steps"]
+    correct = {t: {i: s["correct"] for i, s in enumerate(report.samples.get(t, []))} for t in names}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
+        heat = {t: s["shares"]["overall"] for t, s in summaries.items() if s.get("n_tokens")}
+        if heat:
+            plot_usage_heatmap(heat, mixture.expert_names, tmp / "usage_heatmap.png")
+        if log_rows is not None:
+            plot_ess_steps(log_rows, tmp / "ess_steps.png", mixture.num_experts)
+        (tmp / "tokens.html").write_text(tokens_html(report.routing, tokenizer, mixture.expert_names, layer=layer,
+                                                     sites=result["mixture"]["sites"], per_task=html_examples,
+                                                     correct=correct))
+
+
 def analyze_mixture(
     mixture,
     tokenizer,
@@ -383,43 +431,10 @@ def analyze_mixture(
                             batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                             routing=routing, expert_for_task=emap if routing == "oracle" else None,
                             collect_routing=True, keep_samples=html_examples)
-    E = mixture.num_experts
-    sites = [s.name for s in mixture.sites]
-    summaries = {t: task_routing_summary(report.routing[t], E, emap) for t in names}
-    result = {
-        "mixture": {"router": mixture.mixture_config.router, "top_k": mixture.mixture_config.top_k,
-                    "shared_router": mixture.mixture_config.shared_router, "experts": mixture.expert_names,
-                    "sites": sites},
-        "config": {**report.config, "html_layer": layer},
-        "expert_for_task": emap,
-        "eval": report.per_task,
-        "tasks": summaries,
-        "ess_steps": log_rows,
-        "definitions": {
-            "shares": "mean normalised used weight per expert over real tokens (top-1: fraction of tokens)",
-            "routing_accuracy": "share of tokens whose top chosen expert is their own task's expert",
-            "own_mass": "mean normalised used weight on the own task's expert",
-            "max_mass": "mean over tokens of the largest normalised used weight",
-            "entropy": "mean entropy (nats) of the normalised used weights",
-            "ess_token": "mean over tokens of 1/sum(w^2), w the normalised used weights (1..k)",
-            "ess_of_mean": "||pi||_1^2/||pi||_2^2 of pi = router probs averaged over tokens (1..E)",
-            "ess_of_mean_layer_avg": "ess_of_mean per layer, averaged over layers (as logged ess_mean)",
-            "prob_entropy": "mean entropy (nats) of the router probabilities",
-        },
-        "files": [f for f in FILES if f != "ess_steps.png" or log_rows is not None],
-    }
+    summaries = {t: task_routing_summary(report.routing[t], mixture.num_experts, emap) for t in names}
+    result = _analysis_result(mixture, report, summaries, emap, log_rows, layer)
     if out is not None:
-        correct = {t: {i: s["correct"] for i, s in enumerate(report.samples.get(t, []))} for t in names}
-        with atomic_path(out) as tmp:
-            tmp.mkdir()
-            (tmp / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-            heat = {t: s["shares"]["overall"] for t, s in summaries.items() if s.get("n_tokens")}
-            if heat:
-                plot_usage_heatmap(heat, mixture.expert_names, tmp / "usage_heatmap.png")
-            if log_rows is not None:
-                plot_ess_steps(log_rows, tmp / "ess_steps.png", E)
-            (tmp / "tokens.html").write_text(tokens_html(report.routing, tokenizer, mixture.expert_names, layer=layer,
-                                                         sites=sites, per_task=html_examples, correct=correct))
+        _write_analysis(out, result, report, mixture, tokenizer, names, layer, html_examples)
     return result
 
 

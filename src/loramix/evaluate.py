@@ -26,17 +26,27 @@ real tokens: left padding, the EOS and anything after it are dropped), for ``lor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
+from loramix.base_model import META_FILE
+from loramix.baselines.peft_mixtures import BASELINE_FILE, baseline_kind, load_baseline
+from loramix.baselines.prompt_router import has_prompt_router, load_prompt_router, route_prompts
 from loramix.errors import LoramixError, unknown_name
+from loramix.experts import load_expert
 from loramix.generation import Completion, generate
-from loramix.tasks.format import THINK_CLOSE, THINK_OPEN, has_json_answer, has_think, json_objects
+from loramix.io import write_json
+from loramix.loading import load_base_model
+from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture
+from loramix.tasks import get_task
+from loramix.tasks.format import (THINK_CLOSE, THINK_OPEN, format_completion, has_json_answer, has_think,
+                                  json_objects)
 
 MIXED_SEP = "+"  # "add+sort" names a mixed task
 MIXED_THINK_SEP = "|"
@@ -72,8 +82,6 @@ class MixedExample:
 
 
 def _task(task):
-    from loramix.tasks import get_task
-
     return get_task(task) if isinstance(task, str) else task
 
 
@@ -127,8 +135,6 @@ class MixedTask:
         return mixed_reference_completion(ex)
 
     def part_correct(self, completion: str, ex: MixedExample) -> tuple[bool, bool]:
-        from loramix.tasks.format import format_completion
-
         answers = mixed_answers(completion)
         return tuple(  # type: ignore[return-value]
             ans is not None and task.is_correct(format_completion(None, ans), part)
@@ -243,8 +249,6 @@ class RoutingRecord:
 
 
 def _is_mixture(model) -> bool:
-    from loramix.mixture import MixtureModel
-
     return isinstance(model, MixtureModel)
 
 
@@ -258,8 +262,6 @@ class _BatchHook:
         self.batches: list[dict] = []
 
     def __call__(self, idx: list[int]):
-        import contextlib
-
         hook = self
 
         @contextlib.contextmanager
@@ -279,8 +281,6 @@ class _BatchHook:
     def _prompt_experts(self, idx: list[int]) -> list[int]:
         classifier = getattr(self.model, "prompt_router", None)
         if classifier is not None:  # a trained prompt-level classifier (loramix train-prompt-router)
-            from loramix.baselines.prompt_router import route_prompts
-
             return route_prompts(self.model, self.tok, [self.prompts[i] for i in idx], classifier)
         enc = self.tok([self.prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
@@ -292,8 +292,6 @@ class _BatchHook:
         return probs.argmax(-1).tolist()
 
     def _capture(self, idx: list[int]):
-        import contextlib
-
         model, batches = self.model, self.batches
 
         @contextlib.contextmanager
@@ -384,6 +382,97 @@ def _average(per_task: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+class _RoutingPlan(NamedTuple):
+    """How ``evaluate_model`` routes: ``mode`` is one of ``ROUTING_MODES``; ``expert_for_task`` is
+    the resolved task -> expert map for oracle routing (else as given); ``collect`` keeps records."""
+
+    is_mix: bool
+    mode: str
+    expert_for_task: dict[str, int] | None
+    collect: bool
+
+
+class _TaskResult(NamedTuple):
+    """One task's ``score_completions`` metrics, kept samples and routing records (None unless collected)."""
+
+    metrics: dict
+    samples: list[dict]
+    records: list[RoutingRecord] | None
+
+
+def _plan_routing(model, task_names: Sequence[str], routing: str | None, expert_for_task: dict[str, int] | None,
+                  collect_routing: bool) -> _RoutingPlan:
+    """Check the routing mode against the model and resolve the expert map for oracle routing."""
+    is_mix = _is_mixture(model)
+    if routing in (None, "model") and getattr(model, "prompt_router", None) is not None:
+        routing = "prompt"  # a prompt-router mixture routes by its classifier
+    routing = routing or "model"
+    if routing not in ROUTING_MODES:
+        raise unknown_name("routing mode", routing, ROUTING_MODES)
+    if routing != "model" and not is_mix:
+        raise LoramixError(f"routing={routing!r} needs a loramix mixture; this model has no router")
+    if collect_routing and not is_mix:
+        raise LoramixError("collect_routing needs a loramix mixture")
+    if routing == "oracle":
+        needed = sorted({p for t in task_names for p in t.split(MIXED_SEP)[:1]})
+        expert_for_task = resolve_expert_map(model.expert_names, needed, expert_for_task, required=True)
+    return _RoutingPlan(is_mix, routing, expert_for_task, collect_routing)
+
+
+def _default_max_new_tokens(tokenizer, resolved: Sequence[tuple[str, Any]], examples: dict[str, list]) -> int:
+    """1.25 x the longest reference completion (in tokens) + 8."""
+    longest = max(len(tokenizer(task.reference_completion(e), add_special_tokens=False)["input_ids"])
+                  for name, task in resolved for e in examples[name])
+    return int(math.ceil(1.25 * longest)) + 8
+
+
+def _batch_hook(model, tokenizer, name: str, prompts: list[str], plan: _RoutingPlan) -> _BatchHook | None:
+    """The generation hook of a mixture (None for other models), with its routing trace reset."""
+    if not plan.is_mix:
+        return None
+    first = name.split(MIXED_SEP)[0]
+    seq_experts = [plan.expert_for_task[first]] * len(prompts) if plan.mode == "oracle" else None
+    hook = _BatchHook(model, tokenizer, prompts, plan.mode, seq_experts, plan.collect)
+    model.reset_routing_trace()
+    model.record_routing = True  # training may have switched it off; the trace is reset per call
+    return hook
+
+
+def _samples(task, examples: Sequence, completions: Sequence, keep: int) -> list[dict]:
+    """The first ``keep`` prompts with their first completion, its verdict and the gold answer."""
+    return [{"prompt": e.prompt, "completion": c[0].text, "correct": bool(task.is_correct(c[0].text, e)),
+             "answer": e.answer} for e, c in list(zip(examples, completions))[:keep]]
+
+
+def _evaluate_task(model, tokenizer, name: str, task, examples: list, plan: _RoutingPlan, gen_kwargs: dict,
+                   split: str, keep_samples: int) -> _TaskResult:
+    """Generate for one task's examples, score them and keep samples (and routing records)."""
+    if not examples:
+        raise LoramixError(f"task {name!r} has no {split} examples")
+    prompts = [e.prompt for e in examples]
+    hook = _batch_hook(model, tokenizer, name, prompts, plan)
+    completions = generate(model, tokenizer, prompts, **gen_kwargs,
+                           before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None,
+                           label=f"task {name!r} ({split})")
+    records = None
+    if plan.collect:
+        records = _records_from_batches(hook.batches, name, tokenizer, tokenizer.eos_token_id,
+                                        tokenizer.pad_token_id, _token_task_fn(task, examples, tokenizer))
+    return _TaskResult(score_completions(task, examples, completions),
+                       _samples(task, examples, completions, keep_samples), records)
+
+
+def _build_report(results: dict[str, _TaskResult], config: dict, plan: _RoutingPlan,
+                  task_names: list[str]) -> EvalReport:
+    """The ``EvalReport`` of every task's result; ``config`` gets the routing and the task names."""
+    per_task = {name: r.metrics for name, r in results.items()}
+    samples = {name: r.samples for name, r in results.items()}
+    records = {name: r.records for name, r in results.items()} if plan.collect else None
+    config = {**config, "routing": plan.mode if plan.is_mix else None,
+              "expert_for_task": plan.expert_for_task if plan.mode == "oracle" else None, "tasks": task_names}
+    return EvalReport(per_task, _average(per_task), config, samples, records)
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -415,58 +504,21 @@ def evaluate_model(
     """
     task_names = parse_tasks(tasks, mixed)
     resolved = [(name, resolve_task(name)) for name in task_names]  # unknown names fail first
-    is_mix = _is_mixture(model)
-    if routing in (None, "model") and getattr(model, "prompt_router", None) is not None:
-        routing = "prompt"  # a prompt-router mixture routes by its classifier
-    routing = routing or "model"
-    if routing not in ROUTING_MODES:
-        raise unknown_name("routing mode", routing, ROUTING_MODES)
-    if routing != "model" and not is_mix:
-        raise LoramixError(f"routing={routing!r} needs a loramix mixture; this model has no router")
-    if collect_routing and not is_mix:
-        raise LoramixError("collect_routing needs a loramix mixture")
-    if routing == "oracle":
-        needed = sorted({p for t in task_names for p in t.split(MIXED_SEP)[:1]})
-        expert_for_task = resolve_expert_map(model.expert_names, needed, expert_for_task, required=True)
+    plan = _plan_routing(model, task_names, routing, expert_for_task, collect_routing)
     if n < 1:
         raise LoramixError(f"n must be at least 1, got {n}")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    per_task: dict[str, dict] = {}
-    samples: dict[str, list[dict]] = {}
-    records: dict[str, list[RoutingRecord]] = {}
     examples = {name: task.examples(split, n, seed=seed, difficulty=difficulty) for name, task in resolved}
     if max_new_tokens is None:
-        longest = max(len(tokenizer(task.reference_completion(e), add_special_tokens=False)["input_ids"])
-                      for name, task in resolved for e in examples[name])
-        max_new_tokens = int(math.ceil(1.25 * longest)) + 8
-    for name, task in resolved:
-        exs = examples[name]
-        if not exs:
-            raise LoramixError(f"task {name!r} has no {split} examples")
-        prompts = [e.prompt for e in exs]
-        first = name.split(MIXED_SEP)[0]
-        seq_experts = [expert_for_task[first]] * len(exs) if routing == "oracle" else None
-        hook = _BatchHook(model, tokenizer, prompts, routing, seq_experts, collect_routing) if is_mix else None
-        if is_mix:
-            model.reset_routing_trace()
-            model.record_routing = True  # training may have switched it off; the trace is reset per call
-        completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               do_sample=do_sample, temperature=temperature, top_p=top_p,
-                               num_return_sequences=num_return_sequences, seed=seed if do_sample else None,
-                               before_batch=hook if hook and (routing != "model" or collect_routing) else None,
-                               label=f"task {name!r} ({split})")
-        per_task[name] = score_completions(task, exs, completions)
-        samples[name] = [{"prompt": e.prompt, "completion": c[0].text, "correct": bool(task.is_correct(c[0].text, e)),
-                          "answer": e.answer} for e, c in list(zip(exs, completions))[:keep_samples]]
-        if collect_routing:
-            records[name] = _records_from_batches(hook.batches, name, tokenizer, eos, pad,
-                                                  _token_task_fn(task, exs, tokenizer))
+        max_new_tokens = _default_max_new_tokens(tokenizer, resolved, examples)
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+                  "temperature": temperature, "top_p": top_p, "num_return_sequences": num_return_sequences,
+                  "seed": seed if do_sample else None}
+    results = {name: _evaluate_task(model, tokenizer, name, task, examples[name], plan, gen_kwargs, split,
+                                    keep_samples) for name, task in resolved}
     config = {"split": split, "n": n, "difficulty": difficulty, "batch_size": batch_size,
               "max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
-              "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed,
-              "routing": routing if is_mix else None, "expert_for_task": expert_for_task if routing == "oracle" else None,
-              "tasks": task_names}
-    return EvalReport(per_task, _average(per_task), config, samples, records if collect_routing else None)
+              "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed}
+    return _build_report(results, config, plan, task_names)
 
 
 def _token_task_fn(task, examples, tokenizer):
@@ -540,15 +592,52 @@ def _base_from_config(path: Path, base: str | None, recorded: str | None, what: 
     raise LoramixError(f"{path}: a {what} needs --base (the base model folder, or 'default')")
 
 
+def _load_mixture_folder(path: Path, base: str | None):
+    """A loramix mixture (with its prompt router, if it has one) on its base model."""
+    try:
+        recorded = json.loads((path / MIXTURE_CONFIG).read_text()).get("base_model", {}).get("name_or_path")
+    except (json.JSONDecodeError, AttributeError):
+        recorded = None
+    model, tok = load_base_model(_base_from_config(path, base, recorded, "mixture"))
+    mixture = load_mixture(path, model).eval()
+    if has_prompt_router(path):
+        mixture.prompt_router = load_prompt_router(path)
+    return mixture, tok
+
+
+def _load_peft_folder(path: Path, base: str | None):
+    """A PEFT adapter, checked by ``load_expert``, on its base model."""
+    from peft import PeftModel
+
+    try:
+        recorded = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as err:
+        raise LoramixError(f"{path / 'adapter_config.json'}: not valid JSON ({err})") from None
+    model, tok = load_base_model(_base_from_config(path, base, recorded, "PEFT adapter"))
+    load_expert(path, model)  # AdapterError naming the file and key: non-LoRA, missing/corrupt, shape, NaN
+    return PeftModel.from_pretrained(model, str(path)).eval(), tok
+
+
+def _load_hf_folder(path: Path, base: str | None):
+    """An HF model folder; its tokenizer, else (with ``base``) the base model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - a merged folder may lack tokenizer files
+        if not base:
+            raise LoramixError(f"{path}: no tokenizer files; pass --base to take the base model's") from None
+        tok = load_base_model(base)[1]
+    tok.padding_side = "left"
+    return model, tok
+
+
 def load_for_eval(path: str | Path, base: str | None = None):
     """``(model, tokenizer, kind)`` for ``default`` (the embedded base), an HF model folder (``kind``
     ``base`` for a loramix base build, else ``hf``: a merged or any other model), a PEFT adapter
     folder (``peft``, loaded onto ``base``) or a loramix mixture folder (``mixture``, onto ``base``).
     Without ``base``, a PEFT adapter or mixture uses the base path it recorded, if it exists."""
-    from loramix.base_model import META_FILE
-    from loramix.mixture import MIXTURE_CONFIG, load_mixture
-    from loramix.loading import load_base_model
-
     if str(path) == "default":
         model, tok = load_base_model("default")
         return model, tok, "base"
@@ -556,43 +645,12 @@ def load_for_eval(path: str | Path, base: str | None = None):
     if not path.exists():
         raise LoramixError(f"{path}: not found")
     if (path / MIXTURE_CONFIG).is_file():
-        try:
-            recorded = json.loads((path / MIXTURE_CONFIG).read_text()).get("base_model", {}).get("name_or_path")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        model, tok = load_base_model(_base_from_config(path, base, recorded, "mixture"))
-        mixture = load_mixture(path, model).eval()
-        from loramix.baselines.prompt_router import has_prompt_router, load_prompt_router
-
-        if has_prompt_router(path):
-            mixture.prompt_router = load_prompt_router(path)
-        return mixture, tok, "mixture"
+        return (*_load_mixture_folder(path, base), "mixture")
     if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        try:
-            recorded = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except json.JSONDecodeError as err:
-            raise LoramixError(f"{path / 'adapter_config.json'}: not valid JSON ({err})") from None
-        model, tok = load_base_model(_base_from_config(path, base, recorded, "PEFT adapter"))
-        from loramix.experts import load_expert
-
-        load_expert(path, model)  # AdapterError naming the file and key: non-LoRA, missing/corrupt, shape, NaN
-        return PeftModel.from_pretrained(model, str(path)).eval(), tok, "peft"
+        return (*_load_peft_folder(path, base), "peft")
     if (path / "config.json").is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception:  # noqa: BLE001 - a merged folder may lack tokenizer files
-            if not base:
-                raise LoramixError(f"{path}: no tokenizer files; pass --base to take the base model's") from None
-            tok = load_base_model(base)[1]
-        tok.padding_side = "left"
+        model, tok = _load_hf_folder(path, base)
         return model, tok, "base" if (path / META_FILE).is_file() else "hf"
-    from loramix.baselines.peft_mixtures import BASELINE_FILE, baseline_kind, load_baseline
-
     if (path / BASELINE_FILE).is_file():  # PEFT X-LoRA / Arrow over the experts
         model, tok = load_baseline(path, base)
         return model, tok, baseline_kind(path)
@@ -623,8 +681,6 @@ def report_table(report: EvalReport, title: str | None = None):
 def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | None = None,
                   expert_for: Sequence[str] | None = None, out: str | Path | None = None, **kwargs) -> EvalReport:
     """``load_for_eval`` then ``evaluate_model``; writes the report JSON to ``out`` (atomic)."""
-    from loramix.io import write_json
-
     model, tok, kind = load_for_eval(model_path, base)
     given = parse_expert_pairs(expert_for)
     if given and kind != "mixture":

@@ -21,11 +21,23 @@ from pathlib import Path
 from rich.console import Console
 
 from loramix import __version__
+from loramix.analysis import analyze_mixture
+from loramix.baselines.merges import merge_experts
+from loramix.baselines.oracle import make_oracle_mixture
 from loramix.errors import LoramixError
+from loramix.evaluate import evaluate_model, load_for_eval, mixed_examples, mixed_reference_completion
 from loramix.io import atomic_path, write_json
+from loramix.loading import resolve_base
 from loramix.mixture import MixtureConfig
 from loramix.recipe import Recipe
+from loramix.report import build_report, write_report
 from loramix.routers import GumbelOptions, HardOptions, TopKOptions
+from loramix.train.distill import DistillConfig, distill
+from loramix.train.experts import ExpertTrainConfig, train_expert
+from loramix.train.multitask import MultitaskConfig, train_multitask
+from loramix.train.prompt_router import build_prompt_router
+from loramix.train.remix import ReMixConfig, train_remix
+from loramix.train.router import RouterTrainConfig, train_router
 
 ROUTER_METHODS = {  # name -> (router, top_k, router options); trained over the frozen RL experts
     "mor_lora_hard": ("hard", 1, HardOptions()),
@@ -73,14 +85,10 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------
     def build_base(self) -> None:
-        from loramix.loading import resolve_base
-
         self.base = str(resolve_base(self.r.base))
         self.console.print(f"base: {self.base}", highlight=False)
 
     def train_experts(self) -> None:
-        from loramix.train.experts import ExpertTrainConfig, train_expert
-
         e = self.r.expert
         if e.grpo_from_sft and e.sft_warmup_steps:
             raise LoramixError("recipe expert: grpo_from_sft reuses the SFT expert as the warm-up; "
@@ -106,8 +114,6 @@ class Pipeline:
                 train_expert(cfg, console=self.console)
 
     def distill(self) -> None:
-        from loramix.train.distill import DistillConfig, distill
-
         d = self.r.distill
         out = self.path("traces.jsonl")
         marker = self.path("traces.complete")
@@ -134,8 +140,6 @@ class Pipeline:
     def _mixed_references(self) -> list[dict]:
         """Reference (not distilled) traces of mixed prompts from the train split, so stage 2 can learn
         the two-answer format; no single-domain expert can produce them. Said so in the report."""
-        from loramix.evaluate import mixed_examples, mixed_reference_completion
-
         rows = []
         for a, b in self.r.evaluate.mixed_pairs if self.r.distill.mixed_references else ():
             for ex in mixed_examples(a, b, "train", self.r.distill.mixed_references, seed=self.r.seed,
@@ -145,10 +149,6 @@ class Pipeline:
         return rows
 
     def train_mixtures(self) -> None:
-        from loramix.baselines.oracle import make_oracle_mixture
-        from loramix.train.prompt_router import build_prompt_router
-        from loramix.train.router import RouterTrainConfig, train_router
-
         rc, traces = self.r.router, str(self.path("traces_stage2.jsonl"))
         experts = [str(p) for p in self.rl_experts]
         for name, (router, top_k, options) in ROUTER_METHODS.items():
@@ -170,10 +170,6 @@ class Pipeline:
                                 traces=self.path("traces.jsonl"), seed=self.r.seed)
 
     def train_baselines(self) -> None:
-        from loramix.baselines.merges import merge_experts
-        from loramix.train.multitask import MultitaskConfig, train_multitask
-        from loramix.train.remix import ReMixConfig, train_remix
-
         traces, experts = str(self.path("traces_stage2.jsonl")), [str(p) for p in self.rl_experts]
         for name, method in MERGES.items():
             if self.want(name) and not self.path("methods", name).exists():
@@ -209,9 +205,6 @@ class Pipeline:
         return paths
 
     def evaluate_all(self) -> None:
-        from loramix.analysis import analyze_mixture
-        from loramix.evaluate import evaluate_model, load_for_eval
-
         ev = self.r.evaluate
         common = dict(split=ev.split, n=ev.n, difficulty=self.r.eval_difficulty, batch_size=ev.batch_size,
                       seed=self.r.seed)
@@ -243,8 +236,6 @@ class Pipeline:
 
     # -- report ----------------------------------------------------------------------------------
     def report(self) -> dict:
-        from loramix.report import build_report, write_report
-
         report = build_report(self)
         write_report(report, self.run)
         return report

@@ -20,6 +20,7 @@ from transformers import ProgressCallback, TrainerCallback, TrainingArguments
 from loramix.errors import LoramixError
 from loramix.generation import generate
 from loramix.io import atomic_path, read_json, write_json
+from loramix.tasks import make_reward_fn
 
 TIME_FILE = "loramix_time.json"
 METRICS_FILE = "metrics.json"
@@ -214,8 +215,6 @@ def reward_fn(task):
     """The task's reward in TRL form `f(prompts, completions, answer, **kw) -> list[float]`."""
     if hasattr(task, "reward_fn"):
         return task.reward_fn()
-    from loramix.tasks import make_reward_fn
-
     return make_reward_fn(task)
 
 

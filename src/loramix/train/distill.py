@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loramix import __version__
 from loramix.errors import LoramixError
+from loramix.experts import load_experts
 from loramix.generation import generate
-from loramix.tasks import get_task
+from loramix.io import atomic_path, write_json
+from loramix.loading import base_fingerprint, load_base_model, resolve_base
+from loramix.tasks import Task, get_task
 from loramix.tasks.format import extract_answer, has_think
 
 DONE_SUFFIX = ".done.json"
@@ -66,97 +70,159 @@ def _read_existing(path: Path) -> list[dict]:
     return rows
 
 
+@dataclass
+class _Resume:
+    """What earlier, interrupted runs left: the prompts they finished and the rows they wrote."""
+    done_path: Path
+    done: set[str]  # "task:index" of every prompt already handled
+    seen: set[str]  # ids of the rows already written
+    per_task: dict[str, int]  # rows already written, per task
+
+    @classmethod
+    def load(cls, out: Path) -> _Resume:
+        done_path = out.with_name(out.name + DONE_SUFFIX)
+        rows = _read_existing(out)
+        done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
+        seen = {r["id"] for r in rows}
+        per_task: dict[str, int] = {}
+        for r in rows:
+            per_task[r["task"]] = per_task.get(r["task"], 0) + 1
+        return cls(done_path, done, seen, per_task)
+
+    def count(self, task_name: str) -> int:
+        return self.per_task.get(task_name, 0)
+
+    def mark_done(self, task_name: str, chunk) -> None:
+        self.done.update(f"{task_name}:{i}" for i, _ in chunk)
+        _write_done(self.done_path, self.done)
+
+
+@dataclass
+class _Job:
+    """One expert answering its own task's prompts."""
+    index: int
+    adapter: str  # the expert's adapter name inside the PeftModel
+    folder: str
+    task_name: str
+    task: Task
+
+
 def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     """Write verified traces of each expert on its task to ``cfg.out``; returns the path."""
     if len(cfg.experts) != len(cfg.tasks):
         raise LoramixError(f"distill needs one task per expert: got {len(cfg.experts)} experts and {len(cfg.tasks)} tasks")
-    from peft import PeftModel
     from rich.progress import Progress
 
-    from loramix.loading import load_base_model
-
-    out = Path(cfg.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise LoramixError(f"{out}: cannot write there ({err.strerror or err})") from None
-    done_path = out.with_name(out.name + DONE_SUFFIX)
-    rows = _read_existing(out)
-    done = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
-    seen = {r["id"] for r in rows}
-    per_task: dict[str, int] = {}
-    for r in rows:
-        per_task[r["task"]] = per_task.get(r["task"], 0) + 1
-
+    out = _prepare_out(cfg.out)
+    state = _Resume.load(out)
     tasks = [get_task(t, **cfg.task_kwargs.get(t, {})) for t in cfg.tasks]  # unknown names fail before any write
-    model, tok = load_base_model(cfg.base)
-    from loramix.experts import load_experts
-
-    experts = load_experts(cfg.experts, model, names=[f"{i}:{Path(f).name}" for i, f in enumerate(cfg.experts)])
-    peft_model = None
-    names = [f"expert{i}" for i in range(len(cfg.experts))]
-    for name, folder in zip(names, cfg.experts):
-        if peft_model is None:
-            peft_model = PeftModel.from_pretrained(model, folder, adapter_name=name)
-        else:
-            peft_model.load_adapter(folder, adapter_name=name)
-    peft_model.eval()
-
+    model, tok, experts = _load_models(cfg)
+    jobs = [_Job(e, _adapter_name(e), folder, task_name, task)
+            for e, (folder, task_name, task) in enumerate(zip(cfg.experts, cfg.tasks, tasks))]
     with Progress(disable=not progress) as bar, open(out, "a") as sink:
-        for e, (name, folder, task_name, task) in enumerate(zip(names, cfg.experts, cfg.tasks, tasks)):
-            peft_model.set_adapter(name)
-            examples = task.examples("train", cfg.n_prompts, seed=cfg.seed, difficulty=cfg.difficulty)
-            todo = [(i, ex) for i, ex in enumerate(examples) if f"{task_name}:{i}" not in done]
-            job = bar.add_task(f"distill {task_name}", total=len(examples), completed=len(examples) - len(todo))
-            for start in range(0, len(todo), cfg.batch_size):
-                if per_task.get(task_name, 0) >= cfg.max_per_task:
-                    break
-                chunk = todo[start:start + cfg.batch_size]
-                prompts = [ex.prompt for _, ex in chunk]
-                greedy = generate(peft_model, tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.batch_size)
-                sampled = generate(peft_model, tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                   batch_size=cfg.batch_size, do_sample=True, temperature=cfg.temperature,
-                                   num_return_sequences=cfg.samples, seed=cfg.seed * 1_000_003 + e * 10_007 + chunk[0][0]
-                                   ) if cfg.samples else [[] for _ in chunk]
-                lines = []
-                for (i, ex), g, s in zip(chunk, greedy, sampled):
-                    kept: set[str] = set()
-                    for mode, j, c in [("greedy", 0, g[0])] + [("sample", j, c) for j, c in enumerate(s)]:
-                        if len(kept) >= cfg.max_per_prompt or per_task.get(task_name, 0) >= cfg.max_per_task:
-                            break
-                        if not (c.finished and _reasoning(c.text) and has_think(c.text)
-                                and extract_answer(c.text) is not None and task.is_correct(c.text, ex)):
-                            continue
-                        if c.text in kept:
-                            continue
-                        row_id = f"{task_name}:{i}:{mode}:{j}"
-                        if row_id in seen:
-                            continue
-                        kept.add(c.text)
-                        seen.add(row_id)
-                        per_task[task_name] = per_task.get(task_name, 0) + 1
-                        lines.append({"id": row_id, "prompt": ex.prompt, "completion": c.text, "task": task_name,
-                                      "expert": str(folder), "expert_index": e, "mode": mode,
-                                      "reward": task.reward(c.text, ex), "answer": ex.answer})
-                sink.write("".join(json.dumps(r) + "\n" for r in lines))
-                sink.flush()
-                os.fsync(sink.fileno())
-                done.update(f"{task_name}:{i}" for i, _ in chunk)
-                _write_done(done_path, done)
-                bar.advance(job, len(chunk))
+        for job in jobs:
+            _distill_job(job, cfg, model, tok, state, bar, sink)
     _write_meta(out, cfg, experts)
     return out
 
 
+def _prepare_out(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LoramixError(f"{out}: cannot write there ({err.strerror or err})") from None
+    return out
+
+
+def _adapter_name(index: int) -> str:
+    return f"expert{index}"
+
+
+def _load_models(cfg: DistillConfig):
+    """The base, the experts (for their digests), and a PeftModel holding every expert as an adapter."""
+    from peft import PeftModel
+
+    model, tok = load_base_model(cfg.base)
+    experts = load_experts(cfg.experts, model, names=[f"{i}:{Path(f).name}" for i, f in enumerate(cfg.experts)])
+    peft_model = None
+    for i, folder in enumerate(cfg.experts):
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, folder, adapter_name=_adapter_name(i))
+        else:
+            peft_model.load_adapter(folder, adapter_name=_adapter_name(i))
+    peft_model.eval()
+    return peft_model, tok, experts
+
+
+def _distill_job(job: _Job, cfg: DistillConfig, model, tok, state: _Resume, bar, sink) -> None:
+    """The expert's prompts not done yet, batch by batch: generate, verify, append, mark done."""
+    model.set_adapter(job.adapter)
+    examples = job.task.examples("train", cfg.n_prompts, seed=cfg.seed, difficulty=cfg.difficulty)
+    todo = [(i, ex) for i, ex in enumerate(examples) if f"{job.task_name}:{i}" not in state.done]
+    bar_task = bar.add_task(f"distill {job.task_name}", total=len(examples), completed=len(examples) - len(todo))
+    for start in range(0, len(todo), cfg.batch_size):
+        if state.count(job.task_name) >= cfg.max_per_task:
+            break
+        chunk = todo[start:start + cfg.batch_size]
+        greedy, sampled = _generate_batch(model, tok, cfg, job.index, chunk)
+        rows = []
+        for (i, ex), g, s in zip(chunk, greedy, sampled):
+            candidates = [("greedy", 0, g[0])] + [("sample", j, c) for j, c in enumerate(s)]
+            rows += _prompt_rows(job, cfg, state, i, ex, candidates)
+        _append_rows(sink, rows)
+        state.mark_done(job.task_name, chunk)
+        bar.advance(bar_task, len(chunk))
+
+
+def _generate_batch(model, tok, cfg: DistillConfig, expert_index: int, chunk):
+    """One greedy and ``cfg.samples`` sampled completions of each prompt in the chunk."""
+    prompts = [ex.prompt for _, ex in chunk]
+    greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    if not cfg.samples:
+        return greedy, [[] for _ in chunk]
+    sampled = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                       do_sample=True, temperature=cfg.temperature, num_return_sequences=cfg.samples,
+                       seed=cfg.seed * 1_000_003 + expert_index * 10_007 + chunk[0][0])
+    return greedy, sampled
+
+
+def _verified(task, completion, ex) -> bool:
+    """Finished, with non-empty reasoning in a think block, an answer, and that answer correct."""
+    text = completion.text
+    return bool(completion.finished and _reasoning(text) and has_think(text)
+                and extract_answer(text) is not None and task.is_correct(text, ex))
+
+
+def _prompt_rows(job: _Job, cfg: DistillConfig, state: _Resume, i: int, ex, candidates) -> list[dict]:
+    """New rows for one prompt: up to ``max_per_prompt`` distinct verified completions, in candidate
+    order, within the task's ``max_per_task``; each is recorded in ``state``."""
+    kept: set[str] = set()
+    rows = []
+    for mode, j, c in candidates:
+        if len(kept) >= cfg.max_per_prompt or state.count(job.task_name) >= cfg.max_per_task:
+            break
+        row_id = f"{job.task_name}:{i}:{mode}:{j}"
+        if not _verified(job.task, c, ex) or c.text in kept or row_id in state.seen:
+            continue
+        kept.add(c.text)
+        state.seen.add(row_id)
+        state.per_task[job.task_name] = state.count(job.task_name) + 1
+        rows.append({"id": row_id, "prompt": ex.prompt, "completion": c.text, "task": job.task_name,
+                     "expert": str(job.folder), "expert_index": job.index, "mode": mode,
+                     "reward": job.task.reward(c.text, ex), "answer": ex.answer})
+    return rows
+
+
+def _append_rows(sink, rows: list[dict]) -> None:
+    """Each row a complete JSON line, flushed and fsynced before the prompts are marked done."""
+    sink.write("".join(json.dumps(r) + "\n" for r in rows))
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
 def _write_meta(out: Path, cfg: DistillConfig, experts) -> None:
     """``<out>.meta.json``: loramix version, config, seed and the sha256 of every input file."""
-    from dataclasses import asdict
-
-    from loramix import __version__
-    from loramix.io import write_json
-    from loramix.loading import base_fingerprint, resolve_base
-
     meta = {"loramix_version": __version__, "config": asdict(cfg), "seed": cfg.seed,
             "inputs_sha256": {str(Path(e.path) / f): d for e in experts for f, d in e.sha256.items()},
             "base_weights_sha256": base_fingerprint(resolve_base(cfg.base)),
@@ -165,7 +231,5 @@ def _write_meta(out: Path, cfg: DistillConfig, experts) -> None:
 
 
 def _write_done(path: Path, done: set[str]) -> None:
-    from loramix.io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(sorted(done)))

@@ -64,7 +64,7 @@ from loramix.train.trainer import MixtureTrainer
 
 ROUTER_CHOICES = ("remix", "topk")
 # Fields that change how a run is executed or shown, not what it produces.
-RUN_FIELDS = frozenset({"out", "threads", "progress", "keep_checkpoints", "save_steps", "logging_steps"})
+RUN_FIELDS = frozenset({"out", "threads", "progress", "keep_checkpoints", "save_steps", "logging_steps", "force"})
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -162,6 +162,7 @@ class ReMixConfig:
     keep_checkpoints: bool = False
     threads: int | None = None
     progress: bool = True
+    force: bool = False  # retrain over a finished run or an interrupted one with another config
 
     def validate(self) -> None:
         if self.router not in ROUTER_CHOICES:
@@ -296,7 +297,7 @@ def fit_remix(config: ReMixConfig):
     ``mixture`` is None when ``out`` was already complete (nothing trained)."""
     config.validate()
     run = RunFolder(config.out, config.identity(), complete_files=(MIXTURE_CONFIG, MIXTURE_WEIGHTS, METRICS_FILE),
-                    may_extend=("steps",))
+                    may_extend=("steps",), force=config.force)
     if run.finished():
         return run.out, None
     with torch_threads(config.threads):
