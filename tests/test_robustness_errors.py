@@ -162,7 +162,26 @@ def test_unknown_task_and_router_list_the_valid_names(env, tmp_path, capsys):
     assert_user_error(code, output, "unknown router 'nope'", "hard", "soft", "remix")
     code, output = cli(["tasks", "verify", "nope", "--data", str(traces)], capsys)
     assert_user_error(code, output, "unknown task 'nope'", "add")
+    code, output = cli(router_args(root, traces, [e["e0"], e["e1"]], tmp_path / "mix", router="soft", ste="chosen"),
+                       capsys)
+    assert_user_error(code, output, "router 'soft' has no option 'ste'", "init_std")
     assert not (tmp_path / "mix").exists()
+
+
+def test_a_finished_run_is_kept_and_another_config_refused(env, tmp_path, capsys):
+    """One resume policy for every training command (train/common.RunFolder)."""
+    root, e, traces = env
+    args = router_args(root, traces, [e["e0"], e["e1"]], tmp_path / "mix")
+    assert cli(args, capsys)[0] == 0
+    weights = (tmp_path / "mix" / "mixture.safetensors").read_bytes()
+    assert cli(args, capsys)[0] == 0  # the same run again: nothing to do
+    assert (tmp_path / "mix" / "mixture.safetensors").read_bytes() == weights
+    code, output = cli(router_args(root, traces, [e["e0"], e["e1"]], tmp_path / "mix", learning_rate=0.5), capsys)
+    assert_user_error(code, output, "mix: already holds a finished run with another config", "learning_rate", "--force")
+    assert not (tmp_path / "mix.partial").exists()
+    assert cli([*router_args(root, traces, [e["e0"], e["e1"]], tmp_path / "mix", learning_rate=0.5), "--force"],
+               capsys)[0] == 0
+    assert json.loads((tmp_path / "mix" / "metrics.json").read_text())["config"]["learning_rate"] == 0.5
 
 
 def test_unwritable_output_is_a_user_error(env, tmp_path, capsys):
@@ -289,3 +308,17 @@ def test_installed_cli_tasks_verify_bad_line(tmp_path):
     f.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2"}\n')
     res = run_script(["tasks", "verify", "add", "--data", str(f)])
     assert_user_error(res.returncode, res.stdout + res.stderr, "data.jsonl", "line 2")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train-router", "--experts", "a,b", "--out", "X"], "Missing option '--traces'"),  # a missing option
+    (["train-router", "--bogus", "1"], "No such option: --bogus"),  # an unknown option
+    (["train-router", "--steps", "ten"], "Invalid value for '--steps'"),  # a bad value
+    (["evalute"], "No such command 'evalute'. Did you mean 'evaluate'?"),  # a misspelt command
+])
+def test_usage_mistakes_print_the_usage_line_and_one_error_line(args, needle):
+    res = run_script(args)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 2 and lines[0].startswith("Usage: loramix"), res.stderr
+    assert lines[1].startswith("error: ") and needle in lines[1], res.stderr

@@ -9,17 +9,30 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 
 from loramix.errors import LoramixError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+# Each command imports the module it calls inside its body: those modules pull in torch, transformers
+# and TRL (seconds), and `loramix --help` or a usage error should not wait for them.
+
+try:  # typer >= 0.29 vendors click; older typer raises click's own exceptions
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer
+    _TyperClickException = click.exceptions.ClickException
+CLICK_ERRORS = (_TyperClickException, click.exceptions.ClickException)
+CLICK_ABORT = (typer.Abort, click.exceptions.Abort)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Mixtures of LoRA experts: train one expert per domain, compose them with a hard (MoR-LoRA), "
+                       "soft or ReMix router, and evaluate them against the baselines.")
 console = Console()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", metavar="", help="Show Python tracebacks for errors.")) -> None:
     """``--debug`` is read by ``main`` from ``sys.argv``; declared here so that it is a known option."""
 
 
@@ -31,7 +44,7 @@ def pipeline(
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (default: the built-in tiny recipe)."),
     root: Path = typer.Option(Path("runs"), "--root", help="Runs folder; outputs go to <root>/<recipe name>."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's results section."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bars."),
 ) -> None:
     """The whole experiment, resumable: experts, traces, MoR-LoRA, baselines, evaluation, report."""
     from loramix.pipeline import run_pipeline
@@ -130,7 +143,7 @@ def base_build(
     layers: Optional[int] = typer.Option(None, help="Number of decoder layers."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    force: bool = typer.Option(False, help="Rebuild even if a complete build exists."),
+    force: bool = typer.Option(False, metavar="", help="Rebuild even if a complete build exists."),
 ) -> None:
     """Pretrain the tiny base model on CPU (cached: reused if already built)."""
     from loramix.base_model import base_info, build_or_reuse
@@ -187,8 +200,8 @@ def train_expert_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed (data, LoRA init, sampling)."),
     save_steps: int = typer.Option(10, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    force: bool = typer.Option(False, "--force", help="Retrain even if a complete or differently-configured run exists."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or messages."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if a complete or differently-configured run exists."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar or messages."),
 ) -> None:
     """Train one LoRA expert (MLP projections) on one task by GRPO or SFT; resumes if interrupted."""
     from loramix.train import ExpertTrainConfig, train_expert
@@ -228,7 +241,8 @@ def train_remix_cmd(
     logging_steps: int = typer.Option(10, "--logging-steps", help="Log (loss, ESS per layer) every this many steps."),
     save_steps: int = typer.Option(100, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if --out holds a run with another config."),
 ) -> None:
     """Train fresh LoRA experts + per-layer routers with ReMix (RLOO) or the top-k baseline."""
     from loramix.train.remix import ReMixConfig, train_remix
@@ -239,6 +253,7 @@ def train_remix_cmd(
         router_learning_rate=router_learning_rate,
         n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,
         logging_steps=logging_steps, save_steps=save_steps, threads=threads, progress=not quiet,
+        force=force,
     )
     path = train_remix(config)
     console.print(f"mixture: {path}", highlight=False, soft_wrap=True)
@@ -281,8 +296,8 @@ def train_multitask_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    force: bool = typer.Option(False, "--force", help="Retrain even if a complete run with another config exists."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if a complete run with another config exists."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """Train one multi-task LoRA (MLP projections) by SFT on a traces file; resumes if interrupted."""
     from loramix.train.multitask import MultitaskConfig, train_multitask
@@ -339,9 +354,9 @@ def build_xlora_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step."),
     lr: float = typer.Option(1e-3, "--learning-rate", "--lr", help="Learning rate."),
     depth: int = typer.Option(1, "--depth", help="X-LoRA classifier depth."),
-    layerwise: bool = typer.Option(False, "--layerwise", help="Layer-wise scalings."),
+    layerwise: bool = typer.Option(False, "--layerwise", metavar="", help="Layer-wise scalings."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """PEFT X-LoRA over the experts (classifier optionally trained by SFT on traces)."""
     from loramix.train.xlora import build_xlora
@@ -382,7 +397,7 @@ def distill_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
     seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """Stage 2a: each expert answers its task's train prompts; verified traces go to a JSONL file."""
     from loramix.train.distill import DistillConfig, distill
@@ -408,14 +423,15 @@ def train_router_cmd(
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per step."),
     learning_rate: float = typer.Option(1e-3, "--learning-rate", "--lr", help="Learning rate."),
     router_learning_rate: Optional[float] = typer.Option(None, "--router-learning-rate", "--router-lr", help="The router's own learning rate (default: --learning-rate)."),
-    per_layer_router: bool = typer.Option(False, "--per-layer-router", help="One router per layer instead of one shared router."),
+    per_layer_router: bool = typer.Option(False, "--per-layer-router", metavar="", help="One router per layer instead of one shared router."),
     ste: Optional[str] = typer.Option(None, "--ste", help="hard/gumbel straight-through estimator: full (the paper's formula; every expert is computed in training; the default) or chosen (the authors' released code; sparse)."),
     load_balance: float = typer.Option(0.0, "--load-balance", help="Switch load-balancing loss coefficient."),
     z_loss: float = typer.Option(0.0, "--z-loss", help="Router z-loss coefficient."),
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if --out holds a run with another config."),
 ) -> None:
     """Stage 2b: train the router (+ attention LoRA) over frozen experts; resumes if interrupted."""
     from loramix.mixture import MixtureConfig
@@ -428,7 +444,7 @@ def train_router_cmd(
     cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), mixture=mixture,
                             max_steps=steps, num_train_epochs=epochs, batch_size=batch_size,
                             learning_rate=learning_rate, router_learning_rate=router_learning_rate, max_length=max_length, save_steps=save_steps, seed=seed,
-                            progress=not quiet)
+                            progress=not quiet, force=force)
     console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)
 
 
@@ -444,13 +460,13 @@ def evaluate_cmd(
     model: str = typer.Argument(..., help="'default', an HF model folder, a PEFT adapter folder or a mixture folder."),
     tasks: list[str] = typer.Option(..., "--tasks", "--task", help="Task names (repeatable or comma-separated); a+b is a mixed prompt."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter or mixture, or 'default' (default: the one it recorded)."),
-    mixed: bool = typer.Option(False, "--mixed", help="Evaluate every pair of the tasks as mixed-domain prompts."),
+    mixed: bool = typer.Option(False, "--mixed", metavar="", help="Evaluate every pair of the tasks as mixed-domain prompts."),
     n: int = typer.Option(200, "--n", help="Examples per task."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
-    do_sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    do_sample: bool = typer.Option(False, "--sample", metavar="", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (with --sample)."),
     routing: str = typer.Option("model", "--routing", help="Mixtures: model (token level), oracle or prompt."),
@@ -478,7 +494,7 @@ def analyze_cmd(
     expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (default: experts named like tasks)."),
     train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json (HF log_history) for ESS over steps."),
     n: int = typer.Option(20, "--n", help="Examples per task."),
-    mixed: bool = typer.Option(False, "--mixed", help="Analyse every pair of the tasks as mixed-domain prompts."),
+    mixed: bool = typer.Option(False, "--mixed", metavar="", help="Analyse every pair of the tasks as mixed-domain prompts."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Site index the HTML colours by (default: majority over sites)."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
@@ -506,8 +522,8 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write rows, targets and meta as JSON here."),
     png: Optional[Path] = typer.Option(None, "--png", help="Plot of time against E (default: next to --json, else runs/bench.png)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    quick: bool = typer.Option(False, "--quick", help="Reduced size, E in {2, 8, 32}: a few minutes on 2 CPU cores."),
-    tiny: bool = typer.Option(False, "--tiny", help="Smoke-test size (seconds); not a measurement."),
+    quick: bool = typer.Option(False, "--quick", metavar="", help="Reduced size, E in {2, 8, 32}: a few minutes on 2 CPU cores."),
+    tiny: bool = typer.Option(False, "--tiny", metavar="", help="Smoke-test size (seconds); not a measurement."),
     experts: Optional[str] = typer.Option(None, help="Comma-separated expert counts, e.g. 2,8,32 (default: the size's)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated subset of base,peft_lora,hard,soft,remix,xlora,arrow."),
     repeats: Optional[int] = typer.Option(None, help="Timed rounds per method (median reported)."),
@@ -557,16 +573,24 @@ def main() -> None:
     except (typer.Exit, SystemExit) as err:  # pragma: no cover - passthrough
         code = getattr(err, "exit_code", getattr(err, "code", 0))
         sys.exit(code)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except CLICK_ABORT:
+        sys.exit(130)
+    except CLICK_ERRORS as err:  # a usage mistake: the usage line and one error line, no traceback
+        if debug:
+            raise
+        sys.exit(_usage_error(err))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(err) -> int:
+    if type(err).__name__ == "NoArgsIsHelpError":  # `loramix` alone: the help text
+        err.show()
+        return 0
+    ctx = getattr(err, "ctx", None)
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+    print(f"error: {err.format_message()}", file=sys.stderr)
+    return getattr(err, "exit_code", 2)
 
 
 if __name__ == "__main__":  # pragma: no cover
