@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 import warnings
 
 import pytest
 import torch
 
+# The tests never read or write the user's cache (~/.cache/loramix): LORAMIX_HOME is a fresh, empty
+# folder for the whole run, set before any loramix import and whatever the caller set (a warm cache
+# must not hide a test that builds the default base), removed at the end. Test helpers run as
+# subprocesses (which import this file too) inherit LORAMIX_TEST_HOME and reuse the run's folder.
+TEST_HOME = os.environ.get("LORAMIX_TEST_HOME", "")
+OWN_TEST_HOME = not os.path.isdir(TEST_HOME)
+if OWN_TEST_HOME:
+    TEST_HOME = tempfile.mkdtemp(prefix="loramix-test-home-")
+    os.environ["LORAMIX_TEST_HOME"] = TEST_HOME
+    atexit.register(shutil.rmtree, TEST_HOME, True)
+os.environ["LORAMIX_HOME"] = TEST_HOME
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*torch_dtype.*")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if OWN_TEST_HOME:
+        shutil.rmtree(TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _never_build_the_default_base():
+    """Building the embedded default base pretrains for minutes: a test that reaches it (``--base
+    default``, ``resolve_base("default")``, ``ensure_base()``) fails at once instead. Tests build a
+    tiny base (``saved_tiny_base``, ``memorised_base``) or a short ``build_base`` of their own."""
+    from loramix import base_model
+
+    build = base_model._build
+
+    def guarded(out, config, **kwargs):
+        if config == base_model.DEFAULT_CONFIG:
+            pytest.fail(f"a test started building the full default base into {out}; use a tiny base", pytrace=True)
+        return build(out, config, **kwargs)
+
+    base_model._build = guarded
+    yield
+    base_model._build = build
 
 
 def tiny_model(arch: str = "llama", hidden: int = 64, layers: int = 2, vocab: int = 97, seed: int = 0):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from loramix.errors import DataError, LoramixError
-from loramix.pipeline import METHOD_FAMILIES, Pipeline, run_pipeline
+from loramix.pipeline import METHOD_FAMILIES, STAGES, Pipeline, run_pipeline
 from loramix.recipe import Recipe, load_recipe
 from loramix.report import END, START, update_readme
 
@@ -67,12 +69,71 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     assert (run / "ess_steps.png").is_file() and (run / "mor_lora_hard_usage.png").is_file()
 
 
-def test_rerun_is_cached(mini_run):
+def test_rerun_is_cached_keeps_the_stage_times_and_prints_headings_1_to_8(mini_run):
+    from rich.console import Console
+
     root, base, report = mini_run
-    pipe = Pipeline(mini_recipe(base), root / "runs", progress=False)
+    assert list(report["stage_seconds"]) == list(STAGES[:-1]) and report["stage_seconds"]["2. experts (GRPO, SFT)"] > 0
+    shown = io.StringIO()
+    pipe = Pipeline(mini_recipe(base), root / "runs", console=Console(file=shown, width=100), progress=True)
     again = pipe.run_all()
     assert again["methods"] == report["methods"]
-    assert pipe.timings["2. experts (GRPO, SFT)"] < 5 and pipe.timings["6-7. evaluate and analyze"] < 1
+    assert again["stage_seconds"] == report["stage_seconds"]  # every stage cached: the first run's times stay
+    on_disk = json.loads((root / "runs" / "mini" / "report.json").read_text())
+    assert on_disk["stage_seconds"] == report["stage_seconds"]
+    assert on_disk["last_run_seconds"] == again["last_run_seconds"]
+    assert pipe.run_seconds["2. experts (GRPO, SFT)"] < 5 and pipe.run_seconds[STAGES[5]] < 1
+    headings = re.findall(r"─ (\d)\. ", shown.getvalue())
+    assert headings == [str(i) for i in range(1, 9)], shown.getvalue()
+    assert "{'" not in shown.getvalue()
+    quiet = io.StringIO()  # quiet: nothing at all (the CLI prints the tables after)
+    Pipeline(mini_recipe(base), root / "runs", console=Console(file=quiet, width=100), progress=False).run_all()
+    assert quiet.getvalue() == ""
+
+
+def test_trainer_log_dicts_go_to_a_file_not_the_terminal(tmp_path, capfd):
+    import torch
+    from transformers import Trainer
+
+    from conftest import tiny_model
+    from loramix.train.common import TRAINER_LOG_FILE, run_trainer, training_arguments
+
+    torch.manual_seed(0)
+    rows = [{"input_ids": r, "labels": r} for r in torch.randint(3, 97, (8, 12))]
+    args = training_arguments(tmp_path / "work", max_steps=3, logging_steps=1, per_device_train_batch_size=4,
+                              save_steps=100)
+    run_trainer(Trainer(model=tiny_model(hidden=32).train(), args=args, train_dataset=rows), "t", resume=None,
+                progress=False)
+    printed = capfd.readouterr()
+    assert "loss" not in printed.out + printed.err
+    logged = [json.loads(line) for line in (tmp_path / "work" / TRAINER_LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3] and "train_runtime" in logged[-1]
+
+
+def test_distill_bar_reaches_its_total_when_max_per_task_stops_early(monkeypatch):
+    """``max_per_task`` ends a task's distillation before its prompts run out; its bar still ends full."""
+    from rich.progress import Progress
+
+    import loramix.train.distill as distill_mod
+    from loramix.generation import Completion
+    from loramix.tasks import get_task
+    from loramix.train.common import processes
+
+    task = get_task("add")
+
+    def right_answers(model, tok, cfg, index, chunk):  # greedy: the reference completion; no samples
+        return [[Completion(task.reference_completion(ex), True, 1)] for _, ex in chunk], [[] for _ in chunk]
+
+    monkeypatch.setattr(distill_mod, "_generate_batch", right_answers)
+    cfg = distill_mod.DistillConfig(base="-", experts=["-"], tasks=["add"], out="-", n_prompts=8, samples=0,
+                                    batch_size=2, max_per_task=3, difficulty="easy")
+    state = distill_mod._Resume(Path("-"), set(), set(), {})
+    model = type("M", (), {"set_adapter": lambda self, name: None})()
+    job = distill_mod._Job(0, "expert0", "-", "add", task)
+    with Progress(disable=True) as bar:
+        distill_mod._distill_job(job, cfg, model, None, state, bar, None, processes())
+        (t,) = bar.tasks
+        assert state.count("add") == 3 and t.completed == t.total == 8
 
 
 def test_readme_results_are_spliced_from_the_report(mini_run, tmp_path):

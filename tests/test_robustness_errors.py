@@ -322,3 +322,100 @@ def test_usage_mistakes_print_the_usage_line_and_one_error_line(args, needle):
     assert res.returncode == 2, res.stderr
     assert len(lines) == 2 and lines[0].startswith("Usage: loramix"), res.stderr
     assert lines[1].startswith("error: ") and needle in lines[1], res.stderr
+
+
+# --- bad input is refused before any model is loaded or built (issue 15) -------------------------
+
+
+def run_script_in_home(args: list[str], home: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """The installed script with ``LORAMIX_HOME=home``; (result, wall-clock seconds)."""
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+           "LORAMIX_HOME": str(home)}
+    start = time.perf_counter()
+    res = subprocess.run([LORAMIX, *args], capture_output=True, text=True, timeout=120, env=env)
+    return res, time.perf_counter() - start
+
+
+def test_evaluate_default_with_an_unknown_task_fails_at_once_and_writes_nothing(tmp_path):
+    """`evaluate default` used to load (so pretrain, minutes) the default base before reading the
+    task names, and wrote it into the home cache."""
+    home = tmp_path / "home"
+    home.mkdir()
+    res, seconds = run_script_in_home(["evaluate", "default", "--tasks", "nope", "--n", "1"], home)
+    assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add", "sort")
+    assert seconds < 5, f"took {seconds:.1f} s"
+    assert not list(home.rglob("*"))
+
+
+def test_train_remix_and_distill_with_an_unknown_task_fail_before_the_base(tmp_path):
+    # the bound is loose (the training modules import TRL, seconds); building the base takes minutes
+    home = tmp_path / "home"
+    home.mkdir()
+    res, seconds = run_script_in_home(["train-remix", "--task", "nope", "--out", str(tmp_path / "remix"),
+                                       "--steps", "1", "--quiet"], home)
+    assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add")
+    assert seconds < 60, f"took {seconds:.1f} s"
+    res, seconds = run_script_in_home(["distill", "--experts", str(tmp_path / "e0"), "--tasks", "nope",
+                                       "--out", str(tmp_path / "traces.jsonl"), "--quiet"], home)
+    assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add")
+    assert seconds < 60, f"took {seconds:.1f} s"
+    assert [p.name for p in tmp_path.iterdir()] == ["home"] and not list(home.rglob("*"))
+
+
+def test_bad_input_is_refused_before_the_model_loads(env, tmp_path, capsys, monkeypatch):
+    """evaluate, analyze, train-remix and distill check task names, options and data files first:
+    loading a model here fails the test."""
+    import loramix.analysis
+    import loramix.evaluate
+    import loramix.loading
+    import loramix.train.distill
+    import loramix.train.remix
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    for module in (loramix.loading, loramix.evaluate, loramix.analysis, loramix.train.remix, loramix.train.distill):
+        for name in ("load_model_and_tokenizer", "resolve_base", "load_base_model", "load_base", "load_for_eval"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, no_model)
+    root, e, traces = env
+    base = ["--base", str(root / "base")]
+    mix = tmp_path / "mix"  # only its config: never opened when the input is bad
+    mix.mkdir()
+    (mix / "mixture_config.json").write_text("{}")
+    cases = [
+        (["evaluate", e["e0"], *base, "--tasks", "add,nope"], ["unknown task 'nope'"]),
+        (["evaluate", "default", "--tasks", "add", "--split", "exam"], ["unknown split 'exam'"]),
+        (["evaluate", "default", "--tasks", "add", "--difficulty", "extreme"], ["unknown difficulty 'extreme'"]),
+        (["evaluate", "default", "--tasks", "add", "--routing", "bogus"], ["unknown routing mode 'bogus'"]),
+        (["evaluate", "default", "--tasks", "add", "--n", "0"], ["n must be at least 1"]),
+        (["evaluate", "default", "--tasks", "add", "--out", str(tmp_path / "file" / "r.json")],
+         ["r.json", "cannot write"]),
+        (["evaluate", "default", "--tasks", "gsm8k"], ["gsm8k", "needs a data file"]),
+        (["analyze", str(mix), *base, "--tasks", "nope", "--out", str(tmp_path / "a")], ["unknown task 'nope'"]),
+        (["analyze", str(mix), *base, "--tasks", "add", "--out", str(tmp_path / "a"),
+          "--train-log", str(tmp_path / "absent.json")], ["absent.json", "not found"]),
+        (["analyze", str(tmp_path), *base, "--tasks", "add", "--out", str(tmp_path / "a")],
+         ["not a loramix mixture folder"]),
+        (["train-remix", *base, "--task", "add,nope", "--out", str(tmp_path / "remix"), "--quiet"],
+         ["unknown task 'nope'"]),
+        (["train-remix", *base, "--task", "nope", "--out", str(tmp_path / "remix"), "--quiet"],
+         ["unknown task 'nope'"]),
+        (["train-remix", *base, "--traces", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "remix"),
+          "--quiet"], ["absent.jsonl", "not found"]),
+        (["train-remix", *base, "--task", "add", "--difficulty", "extreme", "--out", str(tmp_path / "remix"),
+          "--quiet"], ["unknown difficulty 'extreme'"]),
+        (["distill", *base, "--experts", e["e0"], "--tasks", "nope", "--out", str(tmp_path / "t.jsonl"), "--quiet"],
+         ["unknown task 'nope'"]),
+        (["distill", *base, "--experts", str(tmp_path / "absent"), "--tasks", "add", "--out", str(tmp_path / "t.jsonl"),
+          "--quiet"], ["absent", "not a PEFT adapter folder"]),
+        (["distill", *base, "--experts", e["e0"], "--tasks", "add", "--difficulty", "extreme",
+          "--out", str(tmp_path / "t.jsonl"), "--quiet"], ["unknown difficulty 'extreme'"]),
+    ]
+    (tmp_path / "file").write_text("x")
+    for args, needles in cases:
+        code, output = cli(args, capsys)
+        assert_user_error(code, output, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mix"]  # nothing written

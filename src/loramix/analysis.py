@@ -31,9 +31,10 @@ from typing import Sequence
 import torch
 
 from loramix.errors import DataError, LoramixError
-from loramix.evaluate import evaluate_model, load_for_eval, parse_expert_pairs, parse_tasks, resolve_expert_map
+from loramix.evaluate import (check_tasks, check_writable, evaluate_model, load_for_eval, parse_expert_pairs,
+                              parse_tasks, resolve_expert_map, task_options)
 from loramix.io import atomic_path
-from loramix.mixture import MixtureModel
+from loramix.mixture import MIXTURE_CONFIG, MixtureModel
 from loramix.routers import effective_sample_size
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -440,11 +441,22 @@ def analyze_mixture(
 
 def analyze_path(mixture_dir: str | Path, tasks: Sequence[str], *, base: str | None = None,
                  expert_for: Sequence[str] | None = None, **kwargs) -> dict:
-    """``load_for_eval`` a mixture folder, then ``analyze_mixture``."""
+    """``load_for_eval`` a mixture folder, then ``analyze_mixture``. The folder, tasks, options,
+    train log and ``out`` are checked first: bad input never loads (or builds) a model."""
+    path = Path(mixture_dir)
+    if not path.exists():
+        raise LoramixError(f"{path}: not found")
+    if not (path / MIXTURE_CONFIG).is_file():
+        raise LoramixError(f"{mixture_dir}: not a loramix mixture folder (no mixture_config.json)")
+    check_tasks(tasks, **task_options(analyze_mixture, kwargs))
+    given = parse_expert_pairs(expert_for) or None
+    if kwargs.get("train_log") is not None:
+        kwargs["train_log"] = load_train_log(kwargs["train_log"])
+    if kwargs.get("out") is not None:
+        check_writable(kwargs["out"])
     model, tok, kind = load_for_eval(mixture_dir, base)
     if kind != "mixture":
         raise LoramixError(f"{mixture_dir}: not a loramix mixture folder (no mixture_config.json)")
-    given = parse_expert_pairs(expert_for) or None
     return analyze_mixture(model, tok, tasks, expert_for_task=given, **kwargs)
 
 

@@ -44,7 +44,7 @@ def pipeline(
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (default: the built-in tiny recipe)."),
     root: Path = typer.Option(Path("runs"), "--root", help="Runs folder; outputs go to <root>/<recipe name>."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's results section."),
-    quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="Print only the final tables (and errors)."),
 ) -> None:
     """The whole experiment, resumable: experts, traces, MoR-LoRA, baselines, evaluation, report."""
     from loramix.pipeline import run_pipeline
@@ -54,7 +54,8 @@ def pipeline(
     recipe = load_recipe(config)
     report = run_pipeline(recipe, root, console=console, progress=not quiet)
     console.print(tables_markdown(report), highlight=False, soft_wrap=True)
-    console.print(f"report: {root / recipe.name / 'report.md'}", highlight=False)
+    if not quiet:
+        console.print(f"report: {root / recipe.name / 'report.md'}", highlight=False)
     if readme is not None:
         update_readme(root / recipe.name, readme)
 
@@ -221,7 +222,7 @@ def train_expert_cmd(
 def train_remix_cmd(
     out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
-    task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable)."),
+    task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable or comma-separated)."),
     traces: Optional[Path] = typer.Option(None, "--traces", help="JSONL file with prompt/completion fields."),
     router: str = typer.Option("remix", "--router", help="remix (RLOO, sampled top-k) or topk (MixLoRA baseline)."),
     n_experts: int = typer.Option(8, "--n-experts", "--experts-n", help="Fresh LoRA experts per layer."),
@@ -248,7 +249,7 @@ def train_remix_cmd(
     from loramix.train.remix import ReMixConfig, train_remix
 
     config = ReMixConfig(
-        out=out, base=base, tasks=tuple(task or ()), traces=traces, router=router, n_experts=n_experts, top_k=top_k,
+        out=out, base=base, tasks=tuple(_bl_split(task)), traces=traces, router=router, n_experts=n_experts, top_k=top_k,
         rank=rank, samples=samples, omega=omega, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         router_learning_rate=router_learning_rate,
         n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,

@@ -27,8 +27,10 @@ real tokens: left padding, the EOS and anything after it are dropped), for ``lor
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -678,11 +680,54 @@ def report_table(report: EvalReport, title: str | None = None):
     return table
 
 
+# --- checks before any model is loaded ------------------------------------------------------------
+
+
+def check_tasks(tasks: Sequence[str], *, mixed: bool = False, split: str = "test", difficulty: str | int = "hard",
+                n: int = 1, routing: str | None = None, seed: int = 0) -> list[str]:
+    """Everything about an evaluation that needs no model, checked before one is loaded (or built):
+    the task names (an unknown one is refused naming the valid ones), ``n``, the routing mode, and
+    the split and difficulty, by drawing one example of each task (which also reads a benchmark
+    task's data file). Returns the task names, as ``parse_tasks``."""
+    names = parse_tasks(tasks, mixed)
+    resolved = [resolve_task(name) for name in names]
+    if routing is not None and routing not in ROUTING_MODES:
+        raise unknown_name("routing mode", routing, ROUTING_MODES)
+    if n < 1:
+        raise LoramixError(f"n must be at least 1, got {n}")
+    for task in resolved:
+        task.examples(split, 1, seed=seed, difficulty=difficulty)
+    return names
+
+
+def check_writable(out: str | Path, what: str = "--out") -> None:
+    """Refuse an output path that cannot be created (its nearest existing parent is not a writable
+    folder) before any work is done; writes nothing."""
+    out = Path(out)
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LoramixError(f"{out}: cannot write there ({what}: {parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LoramixError(f"{out}: cannot write there ({what}: {parent} is not writable)")
+
+
+def task_options(fn, kwargs: dict) -> dict:
+    """The options ``check_tasks`` takes, as given in ``kwargs`` for ``fn`` (else ``fn``'s defaults)."""
+    params = inspect.signature(fn).parameters
+    return {k: kwargs.get(k, params[k].default) for k in ("mixed", "split", "difficulty", "n", "routing", "seed")}
+
+
 def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | None = None,
                   expert_for: Sequence[str] | None = None, out: str | Path | None = None, **kwargs) -> EvalReport:
-    """``load_for_eval`` then ``evaluate_model``; writes the report JSON to ``out`` (atomic)."""
-    model, tok, kind = load_for_eval(model_path, base)
+    """``load_for_eval`` then ``evaluate_model``; writes the report JSON to ``out`` (atomic). The
+    tasks, options and ``out`` are checked first: bad input never loads (or builds) a model."""
+    check_tasks(tasks, **task_options(evaluate_model, kwargs))
     given = parse_expert_pairs(expert_for)
+    if out is not None:
+        check_writable(out)
+    model, tok, kind = load_for_eval(model_path, base)
     if given and kind != "mixture":
         raise LoramixError("--expert-for applies to mixtures only")
     if kind == "mixture":
@@ -696,7 +741,7 @@ def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | N
     return report
 
 
-__all__ = ["EvalReport", "MixedExample", "MixedTask", "RoutingRecord", "evaluate_model", "evaluate_path",
-           "is_formatted", "load_for_eval", "mixed_answers", "mixed_examples", "mixed_reference_completion",
-           "parse_expert_pairs", "parse_tasks", "report_table", "resolve_expert_map", "resolve_task",
-           "score_completions"]
+__all__ = ["EvalReport", "MixedExample", "MixedTask", "RoutingRecord", "check_tasks", "check_writable",
+           "evaluate_model", "evaluate_path", "is_formatted", "load_for_eval", "mixed_answers", "mixed_examples",
+           "mixed_reference_completion", "parse_expert_pairs", "parse_tasks", "report_table", "resolve_expert_map",
+           "resolve_task", "score_completions"]

@@ -1,14 +1,21 @@
 """`loramix pipeline`: the paper's experiment end to end, as resumable, cached stages.
 
 1. build or load the base;  2. one RLVR (GRPO) expert per domain, and the same-size SFT experts;
-3. distill verified traces;  4. MoR-LoRA (hard, shared router + attention LoRA);
-5. baselines: soft, normalised top-2, Gumbel, merges, multi-task LoRA, prompt-level router, oracle,
-   ReMix, MixLoRA-style top-k, and a single LoRA with ReMix's active parameters;
-6. evaluate everything on every domain, plus mixed prompts;  7. analyze routing;
+3. distill verified traces;  4. MoR-LoRA (hard, shared router + attention LoRA) and the routed
+   baselines (soft, normalised top-2, Gumbel, oracle, prompt-level router);
+5. merges, multi-task LoRA, a single LoRA with ReMix's active parameters, ReMix, MixLoRA-style top-k;
+6. evaluate the base, the experts and the plain adapters on every domain;
+7. analyze every mixture's routing while scoring it, plus mixed prompts;
 8. ``runs/<name>/report.md`` and ``report.json``.
 
 Every stage writes its output atomically and is skipped when that output exists, and every training
-command resumes from its own checkpoints, so rerunning after a crash picks up where it stopped.
+command resumes from its own checkpoints, so rerunning after a crash (even ``kill -9``) picks up where
+it stopped. ``<run>/stage_seconds.json`` keeps each stage's time: a rerun adds a stage's time only
+when the stage wrote something, so a fully cached rerun keeps the original times (and reports its
+own in ``report.json``'s ``last_run_seconds``).
+
+Only loramix's stage headings, progress bars and messages reach the terminal (the HF Trainer's log
+dicts go to ``trainer_log.jsonl`` in each run's work folder); with ``progress=False`` nothing does.
 """
 
 from __future__ import annotations
@@ -19,19 +26,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loramix import __version__
 from loramix.analysis import analyze_mixture
+from loramix.base_model import ensure_base
 from loramix.baselines.merges import merge_experts
 from loramix.baselines.oracle import make_oracle_mixture
-from loramix.errors import LoramixError
+from loramix.errors import LoramixError, unknown_name
 from loramix.evaluate import evaluate_model, load_for_eval, mixed_examples, mixed_reference_completion
-from loramix.io import atomic_path, write_json
+from loramix.io import atomic_path, read_json, write_json
 from loramix.loading import resolve_base
 from loramix.mixture import MixtureConfig
 from loramix.recipe import Recipe
 from loramix.report import build_report, write_report
 from loramix.routers import GumbelOptions, HardOptions, TopKOptions
+from loramix.tasks import list_tasks
+from loramix.train.common import quiet_hf
 from loramix.train.distill import DistillConfig, distill
 from loramix.train.experts import ExpertTrainConfig, train_expert
 from loramix.train.multitask import MultitaskConfig, train_multitask
@@ -51,27 +62,70 @@ ADAPTER_METHODS = (*MERGES, "multitask_lora", "single_lora_same_active")
 METHOD_FAMILIES = ("base", "expert_rl", "expert_sft", "oracle", *ROUTER_METHODS, *MERGES, "multitask_lora",
                    "prompt_router", "remix", "mixlora_topk", "single_lora_same_active")
 MIXED_METHODS = ("mor_lora_hard", "prompt_router", "oracle", "soft", "topk2_norm")
+STAGE_FILE = "stage_seconds.json"  # in the run folder: each stage's seconds, kept across reruns
+NOT_STAGE_OUTPUTS = {STAGE_FILE, "recipe.json", "report.json", "report.md", "ess_steps.png",
+                     "mor_lora_hard_usage.png"}  # rewritten by every run: not a sign that a stage worked
+STAGES = ("1. base", "2. experts (GRPO, SFT)", "3. distill traces", "4. MoR-LoRA and routed baselines",
+          "5. merges, multi-task LoRA, ReMix", "6. evaluate base, experts, adapters",
+          "7. analyze mixtures (routing, accuracy, mixed prompts)", "8. report")
 
 
 class Pipeline:
     def __init__(self, recipe: Recipe, root: str | Path = "runs", console: Console | None = None,
                  progress: bool = True):
-        self.r, self.console, self.progress = recipe, console or Console(), progress
+        """``progress=False``: quiet, nothing printed (no headings, bars or messages); errors raise."""
+        self.r, self.progress = recipe, progress
+        self.console = (console or Console()) if progress else Console(quiet=True)
         self.run = Path(root) / recipe.name
         families = recipe.methods or list(METHOD_FAMILIES)
         unknown = sorted(set(families) - set(METHOD_FAMILIES))
         if unknown:
             raise LoramixError(f"recipe methods: unknown {unknown}; valid: {', '.join(METHOD_FAMILIES)}")
         self.families = families
-        self.timings: dict[str, float] = {}
+        for name in sorted({*recipe.tasks, *(t for pair in recipe.evaluate.mixed_pairs for t in pair)}):
+            if name not in list_tasks():  # refused before any model is built or loaded
+                raise unknown_name("task", name, list_tasks())
+        self.timings: dict[str, float] = {}  # per stage: seconds over the runs in which it wrote something
+        self.run_seconds: dict[str, float] = {}  # per stage: seconds in this run
 
     # -- helpers ---------------------------------------------------------------------------------
-    def stage(self, name: str, fn, *args, **kwargs):
+    def stage(self, name: str, fn, *args, keep_time: bool = True, **kwargs):
+        """Run one stage. Its time is added to the kept ``timings`` (``stage_seconds.json``) only when
+        it wrote something, or has no time on record yet: a cached stage keeps its original time.
+        ``keep_time=False`` (the report, written while it runs): this run's time only."""
         self.console.rule(f"[bold]{name}")
+        before = self._outputs()
         start = time.perf_counter()
         result = fn(*args, **kwargs)
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 2)
+        seconds = round(time.perf_counter() - start, 2)
+        self.run_seconds[name] = seconds
+        if keep_time and (name not in self.timings or self._outputs() != before):
+            self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 2)
+            write_json(self.path(STAGE_FILE), self.timings)
         return result
+
+    def _outputs(self) -> set[tuple[str, int]]:
+        """Every file the stages wrote in the run folder, with its modification time."""
+        found = set()
+        for p in self.run.rglob("*"):
+            rel = p.relative_to(self.run)
+            if rel.parts[0] in NOT_STAGE_OUTPUTS:
+                continue
+            try:
+                if p.is_file():
+                    found.add((str(rel), p.stat().st_mtime_ns))
+            except OSError:  # gone meanwhile
+                continue
+        return found
+
+    def _load_timings(self) -> None:
+        f = self.path(STAGE_FILE)
+        try:
+            saved = read_json(f) if f.is_file() else {}
+        except LoramixError:  # unreadable: start the ledger over
+            saved = {}
+        self.timings = {k: float(v) for k, v in saved.items() if k in STAGES and isinstance(v, (int, float))} \
+            if isinstance(saved, dict) else {}
 
     def want(self, family: str) -> bool:
         return family in self.families
@@ -85,7 +139,9 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------
     def build_base(self) -> None:
-        self.base = str(resolve_base(self.r.base))
+        # the embedded default is built on first use, with its bar only when not quiet
+        self.base = str(ensure_base(progress=self.progress) if str(self.r.base) == "default"
+                        else resolve_base(self.r.base))
         self.console.print(f"base: {self.base}", highlight=False)
 
     def train_experts(self) -> None:
@@ -204,35 +260,66 @@ class Pipeline:
                 paths[name] = self.path("methods", name)
         return paths
 
-    def evaluate_all(self) -> None:
+    def _common_eval(self) -> dict:
         ev = self.r.evaluate
-        common = dict(split=ev.split, n=ev.n, difficulty=self.r.eval_difficulty, batch_size=ev.batch_size,
-                      seed=self.r.seed)
-        for name, path in self.method_paths().items():
-            out = self.path("eval", f"{name.replace(':', '_')}.json")
-            if out.is_file():
-                continue
-            self.console.print(f"evaluate {name}", highlight=False)
-            model, tok, kind = load_for_eval(path, self.base)
-            if kind == "mixture":
-                log = Path(path) / "train_log.json"
-                if log.is_file() and "ess_mean" not in log.read_text():
-                    log = Path("-")  # too short a run to have logged routing
-                routing = "oracle" if name == "oracle" else "model"
-                result = analyze_mixture(model, tok, list(self.r.tasks), out=self.path("analysis", name),
-                                         routing=routing, train_log=log if log.is_file() else None, **common)
-                write_json(out, {"per_task": result["eval"], "kind": kind})
-            else:
-                write_json(out, {**evaluate_model(model, tok, list(self.r.tasks), **common).to_dict(), "kind": kind})
-        for name in MIXED_METHODS:
-            out = self.path("eval", f"mixed_{name}.json")
-            if not ev.mixed_pairs or not self.want(name) or out.is_file():
-                continue
-            model, tok, _ = load_for_eval(self.path("methods", name), self.base)
-            pairs = ["+".join(p) for p in ev.mixed_pairs]
-            rep = evaluate_model(model, tok, pairs, routing="oracle" if name == "oracle" else None,
-                                 **{**common, "n": ev.mixed_n})
-            write_json(out, rep.to_dict())
+        return dict(split=ev.split, n=ev.n, difficulty=self.r.eval_difficulty, batch_size=ev.batch_size,
+                    seed=self.r.seed)
+
+    def _eval_bar(self, jobs: list[tuple[str, object]], label: str):
+        """Run ``jobs`` (name, zero-argument function) under one progress bar named ``label``."""
+        if not jobs:
+            return
+        columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[now]}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, disable=not self.progress) as bar:
+            task = bar.add_task(label, total=len(jobs), now="")
+            for name, job in jobs:
+                bar.update(task, now=name)
+                job()
+                bar.advance(task)
+            bar.update(task, now="")
+
+    def _evaluate_one(self, name: str, path) -> None:
+        """Score one method on every domain into ``eval/<name>.json``; a mixture is scored while its
+        routing is analyzed (``analysis/<name>``)."""
+        common, out = self._common_eval(), self.path("eval", f"{name.replace(':', '_')}.json")
+        model, tok, kind = load_for_eval(path, self.base)
+        if kind == "mixture":
+            log = Path(path) / "train_log.json"
+            if log.is_file() and "ess_mean" not in log.read_text():
+                log = Path("-")  # too short a run to have logged routing
+            routing = "oracle" if name == "oracle" else "model"
+            result = analyze_mixture(model, tok, list(self.r.tasks), out=self.path("analysis", name),
+                                     routing=routing, train_log=log if log.is_file() else None, **common)
+            write_json(out, {"per_task": result["eval"], "kind": kind})
+        else:
+            write_json(out, {**evaluate_model(model, tok, list(self.r.tasks), **common).to_dict(), "kind": kind})
+
+    def _evaluate_mixed(self, name: str) -> None:
+        ev = self.r.evaluate
+        model, tok, _ = load_for_eval(self.path("methods", name), self.base)
+        pairs = ["+".join(p) for p in ev.mixed_pairs]
+        rep = evaluate_model(model, tok, pairs, routing="oracle" if name == "oracle" else None,
+                             **{**self._common_eval(), "n": ev.mixed_n})
+        write_json(self.path("eval", f"mixed_{name}.json"), rep.to_dict())
+
+    def _to_evaluate(self, mixtures: bool) -> list[tuple[str, object]]:
+        return [(name, lambda name=name, path=path: self._evaluate_one(name, path))
+                for name, path in self.method_paths().items()
+                if (name in MIXTURE_METHODS) == mixtures
+                and not self.path("eval", f"{name.replace(':', '_')}.json").is_file()]
+
+    def evaluate_all(self) -> None:
+        """Stage 6: the base, the experts and the plain adapters (merges, multi-task LoRAs)."""
+        self._eval_bar(self._to_evaluate(mixtures=False), "evaluate")
+
+    def analyze_all(self) -> None:
+        """Stage 7: every mixture, scored while its routing is analyzed, then the mixed prompts."""
+        jobs = self._to_evaluate(mixtures=True)
+        if self.r.evaluate.mixed_pairs:
+            jobs += [(f"mixed {name}", lambda name=name: self._evaluate_mixed(name)) for name in MIXED_METHODS
+                     if self.want(name) and not self.path("eval", f"mixed_{name}.json").is_file()]
+        self._eval_bar(jobs, "analyze")
 
     # -- report ----------------------------------------------------------------------------------
     def report(self) -> dict:
@@ -241,15 +328,15 @@ class Pipeline:
         return report
 
     def run_all(self) -> dict:
+        quiet_hf()  # HF/TRL's own bars and advisories stay off the terminal
         self.run.mkdir(parents=True, exist_ok=True)
         write_json(self.path("recipe.json"), {"loramix_version": __version__, "recipe": asdict(self.r)})
-        self.stage("1. base", self.build_base)
-        self.stage("2. experts (GRPO, SFT)", self.train_experts)
-        self.stage("3. distill traces", self.distill)
-        self.stage("4-5. MoR-LoRA, routed baselines", self.train_mixtures)
-        self.stage("5. merges, multi-task LoRA, ReMix", self.train_baselines)
-        self.stage("6-7. evaluate and analyze", self.evaluate_all)
-        return self.stage("8. report", self.report)
+        self._load_timings()
+        steps = (self.build_base, self.train_experts, self.distill, self.train_mixtures, self.train_baselines,
+                 self.evaluate_all, self.analyze_all)
+        for name, fn in zip(STAGES, steps):
+            self.stage(name, fn)
+        return self.stage(STAGES[-1], self.report, keep_time=False)
 
 
 def run_pipeline(recipe: Recipe, root: str | Path = "runs", console: Console | None = None,

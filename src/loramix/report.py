@@ -74,7 +74,9 @@ def build_report(pipeline) -> dict:
         ev = _read(f)
         mixed[f.stem.removeprefix("mixed_")] = _mean(v["accuracy"] for v in ev["per_task"].values())
     report = {"recipe": pipeline.r.name, "loramix_version": __version__, "tasks": tasks,
-              "stage_seconds": pipeline.timings, "methods": methods, "routing": routing, "mixed": mixed}
+              "stage_seconds": dict(pipeline.timings),  # kept across reruns (a cached stage keeps its time)
+              "last_run_seconds": dict(getattr(pipeline, "run_seconds", {})),  # this run's own, per stage
+              "methods": methods, "routing": routing, "mixed": mixed}
     report["training_ess"] = _training_ess(pipeline)
     report["targets"] = targets(report, pipeline)
     return report
@@ -203,7 +205,9 @@ def write_report(report: dict, run: Path) -> None:
     write_json(run / "report.json", report)
     md = [f"# loramix report: {report['recipe']}", "",
           f"loramix {report['loramix_version']}; stage times (s): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items()), "", tables_markdown(report)]
+          + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items())
+          + (f" (this run: {sum(report['last_run_seconds'].values()):.0f})" if report.get("last_run_seconds") else ""),
+          "", tables_markdown(report)]
     if _plot_ess(report, run / "ess_steps.png"):
         md += ["![ESS over training steps](ess_steps.png)", ""]
     heat = run / "analysis" / "mor_lora_hard" / "usage_heatmap.png"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from transformers import ProgressCallback, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback, TrainingArguments
 
 from loramix.errors import LoramixError
 from loramix.generation import generate
@@ -51,6 +51,15 @@ def partial_dir(out: str | Path) -> Path:
 
 def _diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def processes():
+    """accelerate's ``PartialState``: this process among those ``accelerate launch`` (or torchrun)
+    started; one main process otherwise. CPU as ``training_arguments`` and ``TrainingArguments`` decide."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 class RunFolder:
@@ -102,29 +111,38 @@ class RunFolder:
         return False
 
     def open(self) -> Path:
-        """Create or reuse the work folder for this identity and return it."""
+        """Create or reuse the work folder for this identity and return it. Under ``accelerate
+        launch`` every rank checks (and refuses alike), then only the main process changes the folder,
+        and every rank returns once it is ready."""
+        state = processes()
         saved = self.work / RUN_FILE
+        diff = None
         if saved.is_file():
             diff = [k for k in _diff(read_json(saved), self.identity) if k not in self.may_extend]
             if diff and not self.force:
                 raise LoramixError(f"{self.work}: an interrupted run with another config is there (differs in: "
                                    f"{', '.join(diff)}); use --force to discard it")
-            if diff:
+        state.wait_for_everyone()  # every rank has read run.json before the main process replaces it
+        if state.is_main_process:
+            if diff or (diff is None and self.force and self.work.exists()):
                 shutil.rmtree(self.work)
-        elif self.force and self.work.exists():
-            shutil.rmtree(self.work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        write_json(saved, self.identity)
+            self.work.mkdir(parents=True, exist_ok=True)
+            write_json(saved, self.identity)
+        state.wait_for_everyone()
         return self.work
 
     def last_checkpoint(self, sub: str = "") -> Path | None:
         return last_checkpoint(self.work / sub if sub else self.work)
 
     def save(self, write: Callable[[Path], None], metrics: dict, *, log_history: list | None = None,
-             should_save: bool = True, keep_work: bool = False) -> Path:
+             should_save: bool | None = None, keep_work: bool = False) -> Path:
         """``out`` at once: ``write(folder)`` fills it, then ``metrics.json`` (with the identity) and
         ``train_log.json``; the work folder goes unless ``keep_work``. Only the main process writes
-        (``should_save``)."""
+        (``should_save``: the trainer's ``args.should_save``; by default accelerate's main process);
+        every rank returns once ``out`` is complete."""
+        state = processes()
+        if should_save is None:
+            should_save = state.is_main_process
         if should_save:
             with atomic_path(self.out) as tmp:
                 tmp.mkdir(exist_ok=True)
@@ -134,6 +152,7 @@ class RunFolder:
                 write_json(tmp / METRICS_FILE, {**metrics, "identity": self.identity})
             if not keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
+        state.wait_for_everyone()
         return self.out
 
 
@@ -151,9 +170,12 @@ def training_arguments(output_dir: str | Path, *, args_class: type = TrainingArg
 def run_trainer(trainer, description: str, *, resume: Path | None, progress: bool = True,
                 callbacks: Sequence[TrainerCallback] = ()) -> "TimeLedger":
     """Train with loramix's progress bar and wall-clock ledger (counting time before a resume);
-    returns the ledger, whose ``seconds`` is the training time."""
+    returns the ledger, whose ``seconds`` is the training time. The Trainer's own per-step log
+    dicts go to ``<output_dir>/trainer_log.jsonl`` (``TrainerLogFile``), not the terminal."""
     ledger = TimeLedger(checkpoint_seconds(resume))
     trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # with disable_tqdm, HF prints every log dict
+    trainer.add_callback(TrainerLogFile())
     trainer.add_callback(RichProgress(description, enabled=progress))
     trainer.add_callback(ledger)
     for cb in callbacks:
@@ -262,6 +284,32 @@ class TimeLedger(TrainerCallback):
         if ckpt.is_dir():
             (ckpt / TIME_FILE).write_text(json.dumps({"train_seconds": round(self.seconds, 3),
                                                       "step": state.global_step}) + "\n")
+
+
+TRAINER_LOG_FILE = "trainer_log.jsonl"  # in the work folder: the Trainer's log dicts, live
+
+
+class TrainerLogFile(TrainerCallback):
+    """Appends each of the Trainer's log dicts (loss, grad norm, reward, ...) as one JSON line to
+    ``<output_dir>/trainer_log.jsonl``, where HF's ``PrinterCallback`` would print it. For watching
+    a run; the finished output's ``train_log.json`` holds the whole log history."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if k != "total_flos"}}
+        path = Path(args.output_dir) / TRAINER_LOG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=_json_value) + "\n")
+
+
+def _json_value(v):
+    """A log value JSON does not know (a tensor, a numpy number): its float, else its text."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
 
 
 class RichProgress(TrainerCallback):

@@ -4,10 +4,15 @@ sampled); only finished, verified-correct generations with non-empty reasoning a
 The output is JSONL, appended batch by batch (each line complete and fsynced). A rerun skips the
 prompts already done, and drops a torn last line, so an interrupted run resumes without duplicates.
 Each row records its provenance: expert, task, sampling mode, reward.
+
+Under ``accelerate launch`` the ranks share the prompts: each round gives one batch to each rank, the
+main process gathers the generations and alone writes them, in batch order, so the file is the one a
+single process writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,12 +20,13 @@ from pathlib import Path
 
 from loramix import __version__
 from loramix.errors import LoramixError
-from loramix.experts import load_experts
+from loramix.experts import adapter_folders, load_experts
 from loramix.generation import generate
 from loramix.io import atomic_path, write_json
 from loramix.loading import base_fingerprint, load_base_model, resolve_base
 from loramix.tasks import Task, get_task
 from loramix.tasks.format import extract_answer, has_think
+from loramix.train.common import processes
 
 DONE_SUFFIX = ".done.json"
 META_SUFFIX = ".meta.json"
@@ -113,17 +119,34 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
         raise LoramixError(f"distill needs one task per expert: got {len(cfg.experts)} experts and {len(cfg.tasks)} tasks")
     from rich.progress import Progress
 
+    procs = processes()  # accelerate's PartialState: one main process unless launched on several
+    tasks = _check_inputs(cfg)  # unknown names, bad difficulty, missing folders: before any write or load
     out = _prepare_out(cfg.out)
-    state = _Resume.load(out)
-    tasks = [get_task(t, **cfg.task_kwargs.get(t, {})) for t in cfg.tasks]  # unknown names fail before any write
-    model, tok, experts = _load_models(cfg)
+    with procs.main_process_first():  # the main process cuts a torn last line before the others read
+        state = _Resume.load(out)
+    with procs.main_process_first():  # `--base default` is built once, by the main process
+        model, tok, experts = _load_models(cfg)
     jobs = [_Job(e, _adapter_name(e), folder, task_name, task)
             for e, (folder, task_name, task) in enumerate(zip(cfg.experts, cfg.tasks, tasks))]
-    with Progress(disable=not progress) as bar, open(out, "a") as sink:
+    main = procs.is_main_process
+    with Progress(disable=not progress or not main) as bar, \
+            (open(out, "a") if main else contextlib.nullcontext()) as sink:
         for job in jobs:
-            _distill_job(job, cfg, model, tok, state, bar, sink)
-    _write_meta(out, cfg, experts)
+            _distill_job(job, cfg, model, tok, state, bar, sink, procs)
+    if main:
+        _write_meta(out, cfg, experts)
+    procs.wait_for_everyone()  # every rank returns once the file is complete
     return out
+
+
+def _check_inputs(cfg: DistillConfig) -> list[Task]:
+    """The tasks (each draws one train example, so a bad difficulty or a benchmark's unreadable data
+    file is refused here) and the expert folders, checked before anything is written or loaded."""
+    tasks = [get_task(t, **cfg.task_kwargs.get(t, {})) for t in cfg.tasks]
+    for task in tasks:
+        task.examples("train", 1, seed=cfg.seed, difficulty=cfg.difficulty)
+    adapter_folders(cfg.experts)
+    return tasks
 
 
 def _prepare_out(path: str) -> Path:
@@ -155,24 +178,35 @@ def _load_models(cfg: DistillConfig):
     return peft_model, tok, experts
 
 
-def _distill_job(job: _Job, cfg: DistillConfig, model, tok, state: _Resume, bar, sink) -> None:
-    """The expert's prompts not done yet, batch by batch: generate, verify, append, mark done."""
+def _distill_job(job: _Job, cfg: DistillConfig, model, tok, state: _Resume, bar, sink, procs) -> None:
+    """The expert's prompts not done yet, batch by batch: generate, verify, append, mark done. Each
+    round, every rank generates one batch; all ranks verify the gathered batches in order (so they
+    agree on the caps), and the main process (``sink`` not None) appends and marks them done."""
+    from accelerate.utils import gather_object
+
     model.set_adapter(job.adapter)
     examples = job.task.examples("train", cfg.n_prompts, seed=cfg.seed, difficulty=cfg.difficulty)
     todo = [(i, ex) for i, ex in enumerate(examples) if f"{job.task_name}:{i}" not in state.done]
     bar_task = bar.add_task(f"distill {job.task_name}", total=len(examples), completed=len(examples) - len(todo))
-    for start in range(0, len(todo), cfg.batch_size):
+    chunks = [todo[start:start + cfg.batch_size] for start in range(0, len(todo), cfg.batch_size)]
+    for first in range(0, len(chunks), procs.num_processes):
         if state.count(job.task_name) >= cfg.max_per_task:
             break
-        chunk = todo[start:start + cfg.batch_size]
-        greedy, sampled = _generate_batch(model, tok, cfg, job.index, chunk)
-        rows = []
-        for (i, ex), g, s in zip(chunk, greedy, sampled):
-            candidates = [("greedy", 0, g[0])] + [("sample", j, c) for j, c in enumerate(s)]
-            rows += _prompt_rows(job, cfg, state, i, ex, candidates)
-        _append_rows(sink, rows)
-        state.mark_done(job.task_name, chunk)
-        bar.advance(bar_task, len(chunk))
+        batches = chunks[first:first + procs.num_processes]
+        with procs.split_between_processes(batches) as mine:  # one batch per rank (none for some at the end)
+            generated = [_generate_batch(model, tok, cfg, job.index, chunk) for chunk in mine]
+        for chunk, (greedy, sampled) in zip(batches, gather_object(generated)):  # in batch order
+            if state.count(job.task_name) >= cfg.max_per_task:
+                break
+            rows = []
+            for (i, ex), g, s in zip(chunk, greedy, sampled):
+                candidates = [("greedy", 0, g[0])] + [("sample", j, c) for j, c in enumerate(s)]
+                rows += _prompt_rows(job, cfg, state, i, ex, candidates)
+            if sink is not None:
+                _append_rows(sink, rows)
+                state.mark_done(job.task_name, chunk)
+            bar.advance(bar_task, len(chunk))
+    bar.update(bar_task, completed=len(examples))  # done, also when max_per_task stopped it early
 
 
 def _generate_batch(model, tok, cfg: DistillConfig, expert_index: int, chunk):

@@ -37,7 +37,7 @@ from loramix.experts import MLP_MODULES
 from loramix.io import atomic_path, read_json, sha256_file, write_json
 from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
 from loramix.tasks import get_task
-from loramix.train.common import (METRICS_FILE, RunFolder, greedy_eval, last_checkpoint, quiet_hf, reward_fn,
+from loramix.train.common import (METRICS_FILE, RunFolder, greedy_eval, last_checkpoint, processes, quiet_hf, reward_fn,
                                   run_trainer, torch_threads, training_arguments)
 
 # trl and datasets are imported where used: every `loramix.train.*` import loads this module, and they are slow.
@@ -314,10 +314,12 @@ def _run_phase(kind: str, steps: int, cfg: ExpertTrainConfig, base_path: Path, w
     record = {"method": kind, "steps": steps, "train_seconds": round(ledger.seconds, 2),
               "resumed_from": resume.name if resume is not None else None,
               "log_history": [dict(h) for h in trainer.state.log_history]}
-    with atomic_path(done) as tmp:
-        trainer.model.save_pretrained(str(tmp))
-        (tmp / "phase.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if trainer.args.should_save:  # under accelerate launch: the main process alone writes
+        with atomic_path(done) as tmp:
+            trainer.model.save_pretrained(str(tmp))
+            (tmp / "phase.json").write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # every rank reads the adapter once it is complete
     return done, record
 
 
@@ -423,7 +425,8 @@ def _accuracy_before(cfg: ExpertTrainConfig, work: Path, base_model, tok, task, 
         return json.loads(before_file.read_text())
     say(f"evaluating the base model on {len(eval_exs)} validation prompts of {task.name}")
     before = _timed_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
-    write_json(before_file, before)
+    if processes().is_main_process:  # every rank evaluated; the main process alone caches it
+        write_json(before_file, before)
     return before
 
 

@@ -68,8 +68,8 @@ def _train_multitask(cfg: MultitaskConfig, callbacks: Sequence) -> Path:
     run = RunFolder(cfg.out, cfg.identity(), force=cfg.force, what="multi-task LoRA")
     if run.finished():
         return run.out
+    rows = read_traces(cfg.traces)  # a bad traces file is refused before the base is loaded
     model, tok, base_path = load_base(cfg.base)
-    rows = read_traces(cfg.traces)
     data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
     set_seed(cfg.seed)
     alpha = cfg.alpha if cfg.alpha is not None else 2.0 * cfg.rank
@@ -82,7 +82,7 @@ def _train_multitask(cfg: MultitaskConfig, callbacks: Sequence) -> Path:
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False)
     trainer = Trainer(model=pm, args=args, train_dataset=data, data_collator=pad_collator(tok.pad_token_id))
     resume = run.last_checkpoint()
-    ledger = run_trainer(trainer, "multitask LoRA", resume=resume, progress=cfg.progress, callbacks=callbacks)
+    ledger = run_trainer(trainer, f"multitask LoRA r{cfg.rank} ({Path(cfg.out).name})", resume=resume, progress=cfg.progress, callbacks=callbacks)
     history = [dict(h) for h in trainer.state.log_history]
     metrics = {"loramix_version": __version__, "kind": "multitask_lora", "config": cfg.identity(),
                "seed": cfg.seed, "base": str(base_path), "train_seconds": round(ledger.seconds, 3),

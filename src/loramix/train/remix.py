@@ -51,14 +51,14 @@ from torch import nn
 from transformers import set_seed
 
 from loramix import __version__
-from loramix.errors import LoramixError
+from loramix.errors import DataError, LoramixError
 from loramix.experts import MLP_MODULES, Expert, LoraWeights
 from loramix.io import sha256_file
 from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
 from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS, MixtureConfig, compose
 from loramix.routers import OMEGAS, ReMixOptions, TopKOptions, effective_sample_size  # noqa: F401 - re-exported
 from loramix.tasks import get_task
-from loramix.train.common import METRICS_FILE, RunFolder, run_trainer, torch_threads, training_arguments
+from loramix.train.common import METRICS_FILE, RunFolder, processes, run_trainer, torch_threads, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer
 
@@ -177,6 +177,10 @@ class ReMixConfig:
             raise LoramixError(f"omega must be one of {', '.join(OMEGAS)}, got {self.omega!r}")
         if not self.tasks and self.traces is None:
             raise LoramixError("no training data: give at least one task or a traces file")
+        for name in self.tasks:  # before any model is loaded: an unknown name lists the valid ones
+            get_task(name)
+        if self.traces is not None and not Path(self.traces).is_file():
+            raise DataError(self.traces, "file", "not found")
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("rank", self.rank),
                         ("grad_accum", self.grad_accum), ("max_length", self.max_length)):
             if v < 1:
@@ -306,9 +310,11 @@ def fit_remix(config: ReMixConfig):
 
 def _fit(config: ReMixConfig, run: RunFolder):
     set_seed(config.seed)
-    base_path = resolve_base(config.base)
+    pairs = training_pairs(config)  # the tasks' examples and every traces row, checked before the base loads
+    with processes().main_process_first():  # `--base default` is built once, by the main process
+        base_path = resolve_base(config.base)
     model, tok = load_model_and_tokenizer(base_path)
-    dataset = completion_dataset(tok, training_pairs(config), config.max_length)
+    dataset = completion_dataset(tok, pairs, config.max_length)
     mixture = build_mixture(model, config)
     mixture.train()
     args = training_arguments(
@@ -317,7 +323,11 @@ def _fit(config: ReMixConfig, run: RunFolder):
         weight_decay=config.weight_decay, warmup_steps=min(config.warmup_steps, config.steps // 10),
         lr_scheduler_type=config.lr_scheduler_type, logging_steps=config.logging_steps,
         save_steps=config.save_steps, seed=config.seed, data_seed=config.seed, remove_unused_columns=False,
-        label_names=["labels"], ddp_find_unused_parameters=True)  # experts no token chose get no gradient
+        label_names=["labels"], ddp_find_unused_parameters=False)
+    # DDP: False, because ReMix's routers get their gradient only through log Q (their weights do not
+    # reach the logits), which DDP's search for unused parameters from the outputs cannot see: it would
+    # mark them ready twice. Every trainable tensor does get a gradient each step (a layer's experts
+    # are one stacked tensor; the top-k baseline's routers reach the logits).
     trainer = ReMixTrainer(model=mixture, args=args, train_dataset=dataset,
                            data_collator=pad_collator(tok.pad_token_id), remix_config=config,
                            router_learning_rate=config.router_learning_rate)

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loramix import __version__
-from loramix.experts import WEIGHTS_NAME
+from loramix.experts import WEIGHTS_NAME, adapter_folders
 from loramix.io import sha256_file
 from loramix.loading import load_base_model
 from loramix.mixture import MixtureConfig, MixtureModel, compose
-from loramix.train.common import RunFolder, run_trainer, training_arguments
+from loramix.train.common import RunFolder, processes, run_trainer, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer, RouterStepCallback
 
@@ -56,8 +56,10 @@ def train_router(cfg: RouterTrainConfig) -> Path:
     run = RunFolder(cfg.out, cfg.identity(), force=cfg.force)
     if run.finished():
         return run.out
-    model, tok = load_base_model(cfg.base)
+    adapter_folders(cfg.experts)  # bad input is refused before the base is built or loaded
     rows = read_traces(cfg.traces)
+    with processes().main_process_first():  # `--base default` is built once, by the main process
+        model, tok = load_base_model(cfg.base)
     data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
     mixture = compose(model, cfg.experts, cfg.mixture, seed=cfg.seed)
     mixture.record_routing = False
@@ -65,7 +67,10 @@ def train_router(cfg: RouterTrainConfig) -> Path:
         run.open(), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed,
-        data_seed=cfg.seed, remove_unused_columns=False)
+        data_seed=cfg.seed, remove_unused_columns=False, ddp_find_unused_parameters=cfg.mixture.router == "remix")
+    # DDP: the routers (but ReMix's, whose weights are constants: it learns by RLOO, in train-remix) and
+    # the attention LoRA get a gradient every step, so no search for unused parameters, which would
+    # also rebuild the model output and fail on its extra aux_loss key (--load-balance, --z-loss).
     trainer = MixtureTrainer(model=mixture, args=args, train_dataset=data,
                              data_collator=pad_collator(tok.pad_token_id),
                              router_learning_rate=cfg.router_learning_rate)

@@ -43,10 +43,16 @@ class MixtureTrainer(Trainer):
         return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+        if (aux is not None and num_items_in_batch is not None and self.args.average_tokens_across_devices
+                and self.accelerator.num_processes > 1):
+            # HF multiplied the loss by the number of processes (its cross-entropy is this rank's share
+            # of the global token count, and DDP averages); the auxiliary loss is this rank's own mean
+            loss = loss - aux * (self.accelerator.num_processes - 1)
         if model.training:
             self.record_routing(inputs.get("attention_mask"))
-        return result
+        return (loss, outputs) if return_outputs else loss
 
     def log_metric(self, key: str, value: torch.Tensor) -> None:
         """Kept as a tensor until the next log, so a training step never waits on the device."""

@@ -33,11 +33,12 @@ def build_xlora(base: str | Path, experts: Sequence[str | Path], out: str | Path
                 "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "max_length": max_length,
                 "seed": seed, "options": options}
     run = RunFolder(out, identity, force=True, what="X-LoRA baseline")  # nothing to resume: rebuilt each time
+    train = traces is not None and steps > 0
+    rows = read_traces(traces) if train else []  # a bad traces file is refused before the base is loaded
     model, tok, base_path = load_base(base)
     xm = _xlora_model(model, paths, options, seed)
     trainer = None
-    if traces is not None and steps > 0:
-        rows = read_traces(traces)
+    if train:
         data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], max_length)
         args = training_arguments(
             run.open(), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
