@@ -156,8 +156,7 @@ def load_expert(folder: str | Path, model: nn.Module, name: str | None = None) -
         modules[module_name] = LoraWeights(A.float(), B.float(), scale)
     if not modules:
         raise AdapterError(folder, WEIGHTS_NAME, "holds no LoRA weights")
-    sha = {CONFIG_NAME: sha256_file(folder / CONFIG_NAME), WEIGHTS_NAME: sha256_file(folder / WEIGHTS_NAME)}
-    return Expert(name or folder.name, folder, cfg, modules, sha)
+    return Expert(name or folder.name, folder, cfg, modules, expert_digests(folder))
 
 
 def load_experts(folders, model: nn.Module, names=None) -> list[Expert]:

@@ -13,11 +13,23 @@ from loramix.io import sha256_file
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin", "pytorch_model-*-of-*.bin")
 
+
+def processes():
+    """accelerate's ``PartialState``: this process among those ``accelerate launch`` (or torchrun)
+    started; one main process otherwise. CPU as ``training_arguments`` and ``TrainingArguments`` decide."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def resolve_base(base: str | Path) -> Path:
-    """`default` -> the embedded default base (built on first use); anything else must be a folder
-    holding an HF causal LM (config.json) and its tokenizer."""
+    """`default` -> the embedded default base (built on first use; under ``accelerate launch`` by the
+    main process alone, the others wait and reuse it); anything else must be a folder holding an HF
+    causal LM (config.json) and its tokenizer."""
     if str(base) == "default":
-        return ensure_base()
+        with processes().main_process_first():
+            return ensure_base()
     path = Path(base).expanduser()
     if not path.is_dir():
         raise LoramixError(f"{path}: --base: not a folder (give a model folder or 'default')")

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -428,7 +428,8 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
                for i, entry in enumerate(entries)]
     config = MixtureConfig.from_dict(cfg, cfg_path)
     mixture = compose(model, experts, config)
-    mixture.metadata = {k: cfg[k] for k in cfg if k not in config.to_dict() and k not in _SAVED_KEYS}
+    known = set(config.to_dict()) | _SAVED_KEYS
+    mixture.metadata = {k: v for k, v in cfg.items() if k not in known}
     weights_path = mixture_dir / MIXTURE_WEIGHTS
     try:
         state = load_file(str(weights_path))

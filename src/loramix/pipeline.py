@@ -82,9 +82,10 @@ class Pipeline:
         if unknown:
             raise LoramixError(f"recipe methods: unknown {unknown}; valid: {', '.join(METHOD_FAMILIES)}")
         self.families = families
+        known = list_tasks()
         for name in sorted({*recipe.tasks, *(t for pair in recipe.evaluate.mixed_pairs for t in pair)}):
-            if name not in list_tasks():  # refused before any model is built or loaded
-                raise unknown_name("task", name, list_tasks())
+            if name not in known:  # refused before any model is built or loaded
+                raise unknown_name("task", name, known)
         self.timings: dict[str, float] = {}  # per stage: seconds over the runs in which it wrote something
         self.run_seconds: dict[str, float] = {}  # per stage: seconds in this run
 

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -20,6 +19,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback, Tra
 from loramix.errors import LoramixError
 from loramix.generation import generate
 from loramix.io import atomic_path, read_json, write_json
+from loramix.loading import processes
 from loramix.tasks import make_reward_fn
 
 TIME_FILE = "loramix_time.json"
@@ -51,15 +51,6 @@ def partial_dir(out: str | Path) -> Path:
 
 def _diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def processes():
-    """accelerate's ``PartialState``: this process among those ``accelerate launch`` (or torchrun)
-    started; one main process otherwise. CPU as ``training_arguments`` and ``TrainingArguments`` decide."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 class RunFolder:

@@ -124,8 +124,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     out = _prepare_out(cfg.out)
     with procs.main_process_first():  # the main process cuts a torn last line before the others read
         state = _Resume.load(out)
-    with procs.main_process_first():  # `--base default` is built once, by the main process
-        model, tok, experts = _load_models(cfg)
+    model, tok, experts = _load_models(cfg)
     jobs = [_Job(e, _adapter_name(e), folder, task_name, task)
             for e, (folder, task_name, task) in enumerate(zip(cfg.experts, cfg.tasks, tasks))]
     main = procs.is_main_process

@@ -58,7 +58,7 @@ from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_
 from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS, MixtureConfig, compose
 from loramix.routers import OMEGAS, ReMixOptions, TopKOptions, effective_sample_size  # noqa: F401 - re-exported
 from loramix.tasks import get_task
-from loramix.train.common import METRICS_FILE, RunFolder, processes, run_trainer, torch_threads, training_arguments
+from loramix.train.common import METRICS_FILE, RunFolder, run_trainer, torch_threads, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer
 
@@ -311,8 +311,7 @@ def fit_remix(config: ReMixConfig):
 def _fit(config: ReMixConfig, run: RunFolder):
     set_seed(config.seed)
     pairs = training_pairs(config)  # the tasks' examples and every traces row, checked before the base loads
-    with processes().main_process_first():  # `--base default` is built once, by the main process
-        base_path = resolve_base(config.base)
+    base_path = resolve_base(config.base)
     model, tok = load_model_and_tokenizer(base_path)
     dataset = completion_dataset(tok, pairs, config.max_length)
     mixture = build_mixture(model, config)

@@ -15,7 +15,7 @@ from loramix.experts import WEIGHTS_NAME, adapter_folders
 from loramix.io import sha256_file
 from loramix.loading import load_base_model
 from loramix.mixture import MixtureConfig, MixtureModel, compose
-from loramix.train.common import RunFolder, processes, run_trainer, training_arguments
+from loramix.train.common import RunFolder, run_trainer, training_arguments
 from loramix.train.data import completion_dataset, pad_collator, read_traces
 from loramix.train.trainer import MixtureTrainer, RouterStepCallback
 
@@ -58,8 +58,7 @@ def train_router(cfg: RouterTrainConfig) -> Path:
         return run.out
     adapter_folders(cfg.experts)  # bad input is refused before the base is built or loaded
     rows = read_traces(cfg.traces)
-    with processes().main_process_first():  # `--base default` is built once, by the main process
-        model, tok = load_base_model(cfg.base)
+    model, tok = load_base_model(cfg.base)
     data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
     mixture = compose(model, cfg.experts, cfg.mixture, seed=cfg.seed)
     mixture.record_routing = False
