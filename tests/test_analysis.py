@@ -214,7 +214,7 @@ def test_analyze_mixed_counts_prompt_parts(mixdir):
     mix, tok, _ = load_for_eval(mixdir["topk"], str(mixdir["base"]))
     res = analyze_mixture(mix, tok, ["add", "bool"], mixed=True, n=2, max_new_tokens=4)
     s = res["tasks"]["add+bool"]
-    assert s["routing_accuracy"]["tokens_counted"] == s["n_prompt_tokens"]
+    assert s["routing_accuracy"]["tokens_counted"] == s["n_tokens"]  # prompt and completion, by segment
     with pytest.raises(LoramixError, match="unknown expert"):
         analyze_mixture(mix, tok, ["add"], n=1, expert_for_task={"add": "nope"})
 

@@ -68,6 +68,33 @@ def test_pretraining_pairs_are_deterministic_and_train_only():
     assert all(isinstance(p, str) and isinstance(c, str) and c for p, c in a)
 
 
+def test_pretraining_pairs_mix_easy_domains_and_mixed_prompts():
+    """By default the base sees each domain at easy only (never the medium eval level) and a
+    `mixed_share` of two-domain prompts in the two-key format."""
+    from loramix.tasks.synthetic import split_of
+
+    cfg = bm.BaseConfig()
+    assert cfg.medium_share == 0 and 0 < cfg.mixed_share < 0.5
+    pairs = bm.pretraining_pairs(cfg, 1000)
+    mixed = [(p, c) for p, c in pairs if "\nkeys: " in p]
+    assert abs(len(mixed) - 1000 * cfg.mixed_share) <= 1
+    for p, c in mixed:
+        first, second, keys = p.splitlines()
+        a, b = first.split(":")[0], second.split(":")[0]
+        assert a != b and keys == f"keys: {a}_answer {b}_answer"
+        assert f'"{a}_answer": ' in c and f'"{b}_answer": ' in c and ";" in c
+    single = [p for p, _ in pairs if "\nkeys: " not in p]
+    for p in single:  # easy sizes only: add 2-3 digits, strings 3-5 letters
+        assert split_of(p) == "train"
+        body = p.split(": ", 1)[1].strip()
+        if p.startswith("add: "):
+            assert max(len(x) for x in body.split("+")) <= 3, p
+        if p.startswith("strings: "):
+            assert len(body.split()[1]) <= 5, p
+    none = bm.pretraining_pairs(bm.BaseConfig(mixed_share=0.0), 200)
+    assert not [p for p, _ in none if "\nkeys: " in p]
+
+
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "model"
@@ -152,3 +179,22 @@ def test_cli_base_path(monkeypatch, tmp_path):
     res = CliRunner().invoke(app, ["base", "path"])
     assert res.exit_code == 0, res.output
     assert "not built" in res.output and str(tmp_path) in res.output.replace("\n", "")
+
+
+def test_cache_key_follows_the_pretraining_data(monkeypatch):
+    """A change to a domain's generator changes the base's cache path, with no field bumped."""
+    import loramix.base_model as bm
+
+    config = bm.BaseConfig(steps=3)
+    before = config.hash()
+    assert bm.BaseConfig(steps=3).hash() == before  # deterministic
+    real = bm._task_pairs
+    monkeypatch.setattr(bm, "_task_pairs", lambda name, n, seed, difficulty: [
+        (p, c.replace("</think>", " </think>")) for p, c in real(name, n, seed, difficulty)])
+    bm._data_digest.cache_clear()
+    try:
+        assert config.hash() != before
+    finally:
+        monkeypatch.undo()
+        bm._data_digest.cache_clear()
+    assert config.hash() == before

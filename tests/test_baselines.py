@@ -230,6 +230,50 @@ def test_prompt_router_separates_tagged_tasks_and_routes_generation(setup, tmp_p
             assert generate(mixture, tok, [p], max_new_tokens=4)[0][0].text == c[0].text
 
 
+def test_fair_prompt_router_keeps_the_mixture_and_routes_per_sequence(setup, tmp_path):
+    """The fair prompt-level baseline is the token-level mixture (attention LoRA included) with one
+    decision per sequence from the classifier: generation equals that mixture forced to the
+    classifier's expert."""
+    from loramix.loading import load_base_model
+    from loramix.mixture import compose
+
+    _, base, experts, traces = setup
+    model, _ = load_base_model(base)
+    hard = compose(model, experts, router="hard", attention_lora_rank=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in hard.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)  # a trained-looking router and attention LoRA
+    hard.save_pretrained(tmp_path / "hard")
+    out = build_prompt_router(base, experts, tmp_path / "fair", traces=traces, steps=200, mixture=tmp_path / "hard")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["heldout_accuracy"] > 0.9 and metrics["mixture"] == str(tmp_path / "hard")
+    assert metrics["trainable_parameters"] > metrics["classifier_parameters"]
+    fair, tok, kind = load_for_eval(out, base)
+    source, _, _ = load_for_eval(tmp_path / "hard", base)
+    assert kind == "mixture" and fair.mixture_config.attention_lora_rank == 4
+    for (n1, p1), (n2, p2) in zip(fair.named_parameters(), source.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    held = _synthetic_rows(6, seed=7)
+    prompts = [r["prompt"] for r in held]
+    router = load_prompt_router(out)
+    assert route_prompts(fair, tok, prompts, router) == [r["expert_index"] for r in held]
+    got = generate(fair, tok, prompts, max_new_tokens=4, batch_size=3,
+                   before_batch=prompt_router_hook(fair, tok, prompts, router))
+    plain = build_prompt_router(base, experts, tmp_path / "plain", traces=traces, steps=200)
+    plain_model, _, _ = load_for_eval(plain, base)
+    differs = 0
+    for p, r, c in zip(prompts, held, got):
+        with source.force_expert(r["expert_index"]):
+            assert generate(source, tok, [p], max_new_tokens=4)[0][0].text == c[0].text
+        with plain_model.force_expert(r["expert_index"]):
+            differs += generate(plain_model, tok, [p], max_new_tokens=4)[0][0].text != c[0].text
+    assert differs  # the attention LoRA matters: the plain prompt router is another model
+    with pytest.raises(LoramixError, match="differ from the ones given"):
+        build_prompt_router(base, experts[::-1], tmp_path / "bad", traces=traces, steps=5, mixture=tmp_path / "hard")
+
+
 # --- oracle ---------------------------------------------------------------------------------------
 
 

@@ -88,32 +88,62 @@ def test_score_completions_lengths_and_lists():
 
 
 def test_mixed_examples_and_reference_verify():
-    exs = mixed_examples("add", "bool", "test", 5, seed=1, difficulty="hard")
-    assert len(exs) == 5 and exs[0].task == "add+bool"
-    assert exs[0].prompt == exs[0].a.prompt + exs[0].b.prompt
-    assert exs[0].prompt.startswith("add: ") and "\nbool: " in exs[0].prompt
+    exs = mixed_examples("add", "bool", "test", 20, seed=1, difficulty="hard")
+    assert len(exs) == 20 and exs[0].task == "add+bool"
+    assert {ex.swapped for ex in exs} == {False, True}  # the order is drawn per example
+    for ex in exs:
+        first, second = ex.order
+        assert ex.prompt == first.prompt + second.prompt + f"keys: {first.task}_answer {second.task}_answer\n"
     task = MixedTask("add", "bool")
     for ex in exs:
         ref = mixed_reference_completion(ex)
         assert ref.startswith("<think>") and "</think>\n{" in ref
-        assert mixed_answers(ref) == (ex.a.answer, ex.b.answer)
+        assert list(json.loads(ref.split("</think>\n")[1])) == list(ex.keys)  # keys in prompt order
+        assert mixed_answers(ref, task.keys) == (ex.a.answer, ex.b.answer)
         assert task.is_correct(ref, ex) and task.is_formatted(ref)
     m = score_completions(task, exs, [mixed_reference_completion(e) for e in exs])
     assert m["accuracy"] == 1.0 and m["format_rate"] == 1.0 and m["part_accuracy"] == {"add": 1.0, "bool": 1.0}
+    assert m["outcomes"] == [1] * 20
+    with pytest.raises(LoramixError, match="two different tasks"):
+        MixedTask("add", "add")
 
 
 def test_mixed_swapped_or_wrong_answer_fails():
     exs = mixed_examples("add", "sort", "test", 4, seed=0)
     task = MixedTask("add", "sort")
     ex = exs[0]
-    swapped = '<think>x</think>\n' + json.dumps({"answer1": ex.b.answer, "answer2": ex.a.answer})
+    swapped = '<think>x</think>\n' + json.dumps({"add_answer": ex.b.answer, "sort_answer": ex.a.answer})
     assert not task.is_correct(swapped, ex) and task.part_correct(swapped, ex) == (False, False)
-    half = '<think>x</think>\n' + json.dumps({"answer1": ex.a.answer, "answer2": ex.b.answer + " 1"})
+    half = '<think>x</think>\n' + json.dumps({"sort_answer": ex.b.answer + " 1", "add_answer": ex.a.answer})
     assert task.part_correct(half, ex) == (True, False) and not task.is_correct(half, ex)
-    only_one = '<think>x</think>\n' + json.dumps({"answer1": ex.a.answer})
+    only_one = '<think>x</think>\n' + json.dumps({"add_answer": ex.a.answer})
     assert not task.is_formatted(only_one) and task.part_correct(only_one, ex) == (True, False)
+    unnamed = '<think>x</think>\n' + json.dumps({"answer1": ex.a.answer, "answer2": ex.b.answer})
+    assert task.part_correct(unnamed, ex) == (False, False) and not task.is_formatted(unnamed)
     m = score_completions(task, [ex, exs[1]], [half, mixed_reference_completion(exs[1])])
-    assert m["accuracy"] == 0.5 and m["part_accuracy"] == {"add": 1.0, "sort": 0.5}
+    assert m["accuracy"] == 0.5 and m["part_accuracy"] == {"add": 1.0, "sort": 0.5} and m["outcomes"] == [0, 1]
+
+
+def test_mixed_segments_follow_the_sub_questions():
+    from loramix.tasks.mixed import completion_segments, prompt_segments, segment_at
+
+    ex = next(e for e in mixed_examples("add", "bool", "test", 10, seed=0) if not e.swapped)
+    labels = prompt_segments(ex)
+    assert len(labels) == len(ex.prompt)
+    n_a = len(ex.a.prompt)
+    assert set(labels[:n_a]) == {0} and set(labels[n_a:n_a + len(ex.b.prompt)]) == {1}
+    keys_line = ex.prompt[n_a + len(ex.b.prompt):]  # "keys: add_answer bool_answer\n"
+    assert labels[-1] == 1 and labels[n_a + len(ex.b.prompt) + keys_line.index("add_answer") + 9] == 0
+    ref = mixed_reference_completion(ex)
+    seg = completion_segments(ref, ex.keys)
+    sep, close = ref.index(";"), ref.index("</think>")
+    assert set(seg[:sep]) == {0} and set(seg[sep:close + 8]) == {1}
+    tail = ref[close + 8:]
+    after_a = close + 8 + tail.index("add_answer") + len("add_answer")
+    after_b = close + 8 + tail.index("bool_answer") + len("bool_answer")
+    assert seg[after_a - 1] == 0 and seg[after_b - 1] == 1 and seg[-1] == 1
+    # unfinished text: the part is decided by what has been written so far
+    assert segment_at("<think>1+2", 8, ex.keys) == 0 and segment_at("<think>1+2;T", 11, ex.keys) == 1
 
 
 def test_mixed_task_to_dataset_shape():
@@ -122,7 +152,7 @@ def test_mixed_task_to_dataset_shape():
     task = MixedTask("mod", "strings")
     ds = examples_to_dataset(task, task.examples("train", 3, seed=0))
     assert ds.column_names == ["prompt", "answer", "task", "completion"] and ds[0]["task"] == "mod+strings"
-    assert json.loads(ds[0]["answer"]).keys() == {"answer1", "answer2"}
+    assert set(json.loads(ds[0]["answer"])) == {"mod_answer", "strings_answer"}
 
 
 def test_parse_tasks_and_expert_maps():
@@ -250,10 +280,27 @@ def test_mixture_routing_modes(models):
     rep = evaluate_model(model, tok, ["add", "sort"], n=3, max_new_tokens=5, routing="prompt",
                          mixed=True, collect_routing=True)
     assert list(rep.per_task) == ["add+sort"] and "part_accuracy" in rep.per_task["add+sort"]
+    examples = mixed_examples("add", "sort", "test", 3, seed=0, difficulty="hard")
     for r in rep.routing["add+sort"]:  # one expert for the whole sequence
         assert r.expert_ids.unique().numel() == 1
-        assert r.token_task[0] == "add" and r.token_task[r.n_prompt - 1] == "sort"
-        assert r.token_task[r.n_prompt:] == [None] * (len(r.token_ids) - r.n_prompt)
+        first, second = examples[r.example].order
+        assert r.token_task[0] == first.task and r.token_task[len(first.prompt)] == second.task
+        assert r.token_task[r.n_prompt - 1] == second.task and len(r.token_task) == len(r.token_ids)
+    # the segment oracle: each token, of the prompt and of the generated completion, goes to the
+    # expert of the part it belongs to, decided while generating; checked against the labels the
+    # analysis computes afterwards from the finished text
+    emap = {"add": 1, "sort": 0}
+    rep = evaluate_model(model, tok, ["add+sort", "add"], n=6, max_new_tokens=12, routing="segment",
+                         expert_for_task=emap, collect_routing=True)
+    seen = set()
+    for r in rep.routing["add+sort"]:
+        want = torch.tensor([emap[t] for t in r.token_task])
+        assert torch.equal(r.expert_ids[..., 0], want.expand_as(r.expert_ids[..., 0]))
+        seen |= set(want.tolist())
+    assert seen == {0, 1}
+    assert all(bool((r.expert_ids == 1).all()) for r in rep.routing["add"])  # one domain: the oracle
+    with pytest.raises(LoramixError, match="no expert"):
+        evaluate_model(model, tok, ["add+bool"], n=1, routing="segment", expert_for_task=emap)
     with pytest.raises(LoramixError, match="routing mode"):
         evaluate_model(model, tok, ["add"], n=1, routing="bogus")
 

@@ -39,7 +39,7 @@ def mini_recipe(base: Path, **kw) -> Recipe:
 def mini_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     base = memorised_base(root / "base", ("add", "strings"), n=4)
-    report = run_pipeline(mini_recipe(base), root / "runs", progress=False)
+    report = run_pipeline(mini_recipe(base, seeds=2), root / "runs", progress=False)
     return root, base, report
 
 
@@ -48,14 +48,35 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     run = root / "runs" / "mini"
     on_disk = json.loads((run / "report.json").read_text())
     assert on_disk["methods"] == json.loads(json.dumps(report["methods"]))
-    expected = {"base", "oracle", "mor_lora_hard", "soft", "topk2_norm", "gumbel", "merge_linear", "merge_ties",
-                "merge_dare", "multitask_lora", "prompt_router", "remix", "mixlora_topk", "single_lora_same_active",
+    expected = {"base", "oracle", "mor_lora_hard", "mor_lora_hard_chosen", "soft", "topk2_norm", "gumbel",
+                "merge_linear", "merge_ties", "merge_dare", "multitask_lora", "prompt_router", "prompt_router_fair",
+                "remix", "mixlora_topk", "single_lora_same_active",
                 "expert_rl:add", "expert_rl:strings", "expert_sft:add", "expert_sft:strings"}
     assert set(report["methods"]) == expected
+    seeded = {"mor_lora_hard", "mor_lora_hard_chosen", "soft", "topk2_norm", "gumbel", "prompt_router",
+              "prompt_router_fair", "remix", "mixlora_topk"}
+    assert report["n_eval"] == {"add": 3, "strings": 3}
     for name, m in report["methods"].items():
+        assert m["seeds"] == (2 if name in seeded else 1), name
+        assert isinstance(m["trainable_parameters"], int) and m["train_seconds"] >= 0
+        assert m["added_parameters"] >= m["trainable_parameters"]
+        if name.startswith("expert_sft:"):  # scored on its own domain only
+            own = name.partition(":")[2]
+            assert [t for t, a in m["accuracy"].items() if a is not None] == [own] and m["average"] is None
+            continue
         assert set(m["accuracy"]) == {"add", "strings"} and all(0 <= a <= 1 for a in m["accuracy"].values())
         assert m["average"] == pytest.approx(sum(m["accuracy"].values()) / 2)
-        assert isinstance(m["trainable_parameters"], int) and m["train_seconds"] >= 0
+        assert len(m["average_seeds"]) == m["seeds"], name
+        assert m["average"] == pytest.approx(sum(m["average_seeds"]) / m["seeds"], abs=1e-3)
+        for t, (lo, hi) in m["accuracy_ci"].items():
+            assert lo <= m["accuracy"][t] + 1e-9 and m["accuracy"][t] <= hi + 1e-9, (name, t)
+        lo, hi = m["average_ci"]
+        assert lo <= m["average"] + 1e-9 <= hi + 2e-9
+        assert (run / "methods" / (name + "-s1")).is_dir() == (name in seeded)
+    # a routed mixture adds its trainable router and attention LoRA plus the frozen experts
+    hard = report["methods"]["mor_lora_hard"]
+    experts = sum(report["methods"][f"expert_rl:{t}"]["trainable_parameters"] for t in ("add", "strings"))
+    assert hard["added_parameters"] == hard["trainable_parameters"] + experts
     assert report["methods"]["base"]["trainable_parameters"] == 0
     assert report["methods"]["mor_lora_hard"]["trainable_parameters"] < report["methods"]["remix"]["trainable_parameters"]
     # the memorised base answers its own training prompts; oracle routing keeps that
@@ -64,7 +85,19 @@ def test_miniature_pipeline_writes_the_report(mini_run):
         r = report["routing"][name]
         assert 0 < r["mean_max_mass"] <= 1 and r["ess"] >= 1
     assert report["routing"]["remix"]["ess"] == pytest.approx(2.0)  # constant weights over k=2
-    assert set(report["mixed"]) == {"mor_lora_hard", "prompt_router", "oracle", "soft", "topk2_norm"}
+    assert set(report["mixed"]) == {"add+strings"}
+    assert set(report["mixed"]["add+strings"]) == {"base", "segment_oracle", "mor_lora_hard", "prompt_router",
+                                                   "prompt_router_fair"}
+    for name, c in report["mixed"]["add+strings"].items():
+        assert c["seeds"] == (2 if name in ("mor_lora_hard", "prompt_router_fair") else 1), name
+        assert c["n"] == 2 and c["ci"][0] <= c["accuracy"] <= c["ci"][1] and 0 <= c["format_rate"] <= 1
+    for row in report["preconditions"] + report["targets"]:
+        assert set(row) >= {"name", "value", "ci", "threshold", "verdict"}
+        assert row["verdict"] in ("met", "not met", "undecided"), row
+    names = [r["name"] for r in report["preconditions"]]
+    assert "add: RL expert beats the base by >= 25 points" in names and "mixed pairs evaluated >= 3" in names
+    assert next(r for r in report["preconditions"] if r["name"] == "mixed pairs evaluated >= 3")["verdict"] == "not met"
+    assert any(r["name"].startswith("ste=full") for r in report["targets"])
     assert (run / "report.md").read_text().startswith("# loramix report: mini")
     assert (run / "ess_steps.png").is_file() and (run / "mor_lora_hard_usage.png").is_file()
 
@@ -75,7 +108,7 @@ def test_rerun_is_cached_keeps_the_stage_times_and_prints_headings_1_to_8(mini_r
     root, base, report = mini_run
     assert list(report["stage_seconds"]) == list(STAGES[:-1]) and report["stage_seconds"]["2. experts (GRPO, SFT)"] > 0
     shown = io.StringIO()
-    pipe = Pipeline(mini_recipe(base), root / "runs", console=Console(file=shown, width=100), progress=True)
+    pipe = Pipeline(mini_recipe(base, seeds=2), root / "runs", console=Console(file=shown, width=100), progress=True)
     again = pipe.run_all()
     assert again["methods"] == report["methods"]
     assert again["stage_seconds"] == report["stage_seconds"]  # every stage cached: the first run's times stay
@@ -87,7 +120,8 @@ def test_rerun_is_cached_keeps_the_stage_times_and_prints_headings_1_to_8(mini_r
     assert headings == [str(i) for i in range(1, 9)], shown.getvalue()
     assert "{'" not in shown.getvalue()
     quiet = io.StringIO()  # quiet: nothing at all (the CLI prints the tables after)
-    Pipeline(mini_recipe(base), root / "runs", console=Console(file=quiet, width=100), progress=False).run_all()
+    Pipeline(mini_recipe(base, seeds=2), root / "runs", console=Console(file=quiet, width=100),
+             progress=False).run_all()
     assert quiet.getvalue() == ""
 
 
@@ -139,10 +173,11 @@ def test_distill_bar_reaches_its_total_when_max_per_task_stops_early(monkeypatch
 def test_readme_results_are_spliced_from_the_report(mini_run, tmp_path):
     root, _, report = mini_run
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{START}\nold\n{END}\n\ntail\n")
+    readme.write_text(f"# x\n\n{START}\nOLD RESULTS\n{END}\n\ntail\n")
     update_readme(root / "runs" / "mini", readme)
     text = readme.read_text()
-    assert "old" not in text and text.endswith("tail\n") and "| mor_lora_hard |" in text
+    assert "Preconditions of the embedded world" in text and "| verdict |" in text
+    assert "OLD RESULTS" not in text and text.endswith("tail\n") and "| mor_lora_hard |" in text
     readme.write_text("no markers")
     with pytest.raises(LoramixError, match="no <!-- results:start -->"):
         update_readme(root / "runs" / "mini", readme)

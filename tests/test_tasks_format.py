@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
+from loramix.errors import LoramixError
 from loramix.tasks import RewardConfig, extract_answer, format_completion, get_task, has_think, score
 from loramix.tasks.base import Example
 from loramix.tasks.format import json_objects
@@ -62,7 +63,7 @@ EX = Example(prompt="add: 2+2\n", answer="4", task="add")
 @pytest.mark.parametrize("completion, expected", [
     ('<think>2+2+0=04|4</think>\n{"answer": "4"}', 1.2),  # correct + think
     ('{"answer": "4"}', 1.0),  # correct, no think
-    ('<think>x</think>\n{"answer": "5"}', -0.8),  # wrong + think + json
+    ('<think>x</think>\n{"answer": "5"}', -0.9),  # wrong + think + json: think bonus only (exclusive)
     ('{"answer": "5"}', -1.0),  # wrong + json
     ("<think>x</think>\n5", -0.9),  # wrong + think, no json
     ("5", -1.1),  # wrong, nothing
@@ -77,8 +78,36 @@ def test_reward_table(completion, expected):
 def test_reward_config_is_configurable():
     cfg = RewardConfig(correct=2.0, wrong=-1.0, think=0.5, json_answer=0.25)
     assert score('<think>x</think>{"answer": "1"}', True, cfg) == 2.5
-    assert score('<think>x</think>{"answer": "1"}', False, cfg) == pytest.approx(-0.25)
+    assert score('<think>x</think>{"answer": "1"}', False, cfg) == pytest.approx(-0.5)  # exclusive
+    assert score('<think>x</think>{"answer": "1"}', False, RewardConfig(
+        correct=2.0, wrong=-1.0, think=0.5, json_answer=0.25, bonuses="both")) == pytest.approx(-0.25)
     assert score("x", False, cfg) == -1.0
     assert cfg.max == 2.5 and RewardConfig().max == pytest.approx(1.2)
     task = get_task("add", reward_config=cfg)
     assert task.reward('<think>x</think>{"answer": "4"}', EX) == 2.5
+
+
+@pytest.mark.parametrize("completion, correct, exclusive, both", [
+    ('<think>x</think>{"answer": "4"}', True, 1.2, 1.2),  # correct + think
+    ('{"answer": "4"}', True, 1.0, 1.0),  # correct + json: the json bonus is for wrong answers only
+    ('<think>x</think>{"answer": "5"}', False, -0.9, -0.8),  # wrong + think + json: the rules differ here
+    ('{"answer": "5"}', False, -1.0, -1.0),  # wrong + json, no think
+    ("<think>x</think>5", False, -0.9, -0.9),  # wrong + think, no json
+    ("5", False, -1.1, -1.1),  # wrong, bare
+    ('<think>x</think>{"answer": null}', False, -0.9, -0.9),  # a null answer is no JSON answer
+])
+def test_reward_bonus_rules(completion, correct, exclusive, both):
+    """`exclusive` (default) is the authors' lora_offline/reward.py: think bonus, else json-on-wrong;
+    `both` is loramix's earlier rule, paying each bonus on its own."""
+    assert RewardConfig().bonuses == "exclusive"
+    assert score(completion, correct) == pytest.approx(exclusive)
+    assert score(completion, correct, RewardConfig(bonuses="exclusive")) == pytest.approx(exclusive)
+    assert score(completion, correct, RewardConfig(bonuses="both")) == pytest.approx(both)
+
+
+def test_reward_bonus_rule_is_validated():
+    with pytest.raises(LoramixError, match="valid: exclusive, both"):
+        RewardConfig(bonuses="sum")
+    task = get_task("add", reward_config=RewardConfig(bonuses="both"))
+    assert task.reward('<think>x</think>{"answer": "5"}', EX) == pytest.approx(-0.8)
+    assert get_task("add").reward('<think>x</think>{"answer": "5"}', EX) == pytest.approx(-0.9)

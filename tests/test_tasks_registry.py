@@ -41,7 +41,7 @@ def test_register_small_class():
         ex = task.examples(n=2)[1]
         assert ex.answer == "XYZ"
         assert task.reward(task.reference_completion(ex), ex) == pytest.approx(1.2)
-        assert task.reward('<think></think>{"answer": "xyz"}', ex) == pytest.approx(-0.8)
+        assert task.reward('<think></think>{"answer": "xyz"}', ex) == pytest.approx(-0.9)
     finally:
         unregister_task("upper")
     assert "upper" not in list_tasks()
@@ -95,11 +95,11 @@ def test_reward_fn_trl_signature():
     completions = [task.reference_completion(exs[0]), '<think></think>{"answer": "0"}', "garbage"]
     rewards = fn(prompts=[e.prompt for e in exs], completions=completions, answer=[e.answer for e in exs],
                  task=["add"] * 3, completion_ids=[[1]] * 3, trainer_state=None)
-    assert rewards == pytest.approx([1.2, -0.8, -1.1])
+    assert rewards == pytest.approx([1.2, -0.9, -1.1])
     # conversational format: completions are lists of messages
     chat = [[{"role": "assistant", "content": c}] for c in completions]
     assert fn([[{"role": "user", "content": e.prompt}] for e in exs], chat, answer=[e.answer for e in exs]) \
-        == pytest.approx([1.2, -0.8, -1.1])
+        == pytest.approx([1.2, -0.9, -1.1])
 
 
 def test_reward_fn_dispatches_on_task_column():
@@ -108,7 +108,7 @@ def test_reward_fn_dispatches_on_task_column():
     fn = make_reward_fn()
     rewards = fn([a.prompt, s.prompt], [add.reference_completion(a), sort.reference_completion(a)],
                  answer=[a.answer, s.answer], task=["add", "sort"])
-    assert rewards == pytest.approx([1.2, -0.8])
+    assert rewards == pytest.approx([1.2, -0.9])
     with pytest.raises(LoramixError, match="'task' column"):
         fn([a.prompt], ["x"], answer=[a.answer])
     with pytest.raises(LoramixError, match="'answer' column"):

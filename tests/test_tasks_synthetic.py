@@ -1,6 +1,7 @@
 """The five synthetic domains: reference traces verify, splits are disjoint, generation is
 deterministic, difficulty sets the length, and everything fits the tiny model's context."""
 
+import re
 import string
 
 import pytest
@@ -8,10 +9,10 @@ import pytest
 from loramix.errors import LoramixError
 from loramix.tasks import SYNTHETIC_TASKS, get_task, split_of
 from loramix.tasks.synthetic.add import add_trace
-from loramix.tasks.synthetic.boolean import bool_trace, random_expr, render
+from loramix.tasks.synthetic.boolean import apply_op, bool_trace, render
 from loramix.tasks.synthetic.mod import mod_trace
 from loramix.tasks.synthetic.sort import sort_trace
-from loramix.tasks.synthetic.strings import reverse_trace
+from loramix.tasks.synthetic.strings import shift_letter, shift_trace
 
 PRINTABLE = set(string.printable) - set("\t\r\x0b\x0c")
 MAX_LEN = {"easy": 200, "hard": 320}
@@ -42,7 +43,7 @@ def test_wrong_answers_fail(name):
                  "bool": lambda a: "F" if a == "T" else "T", "strings": lambda a: a + "x"}[name](ex.answer)
         bad = task.reference_completion(ex).replace(f'"answer": "{ex.answer}"', f'"answer": "{wrong}"')
         assert not task.is_correct(bad, ex)
-        assert task.reward(bad, ex) == pytest.approx(-0.8)
+        assert task.reward(bad, ex) == pytest.approx(-0.9)  # wrong + think (exclusive bonuses)
 
 
 @pytest.mark.parametrize("name", SYNTHETIC_TASKS)
@@ -86,13 +87,13 @@ def test_lengths_fit_the_context(name):
 def _size(name: str, prompt: str) -> int:
     body = prompt.split(": ", 1)[1].strip()
     return {"add": lambda: max(len(x) for x in body.split("+")), "sort": lambda: len(body.split()),
-            "bool": lambda: sum(body.count(c) for c in "&|^!"), "mod": lambda: len(body.split("%")[0]),
+            "bool": lambda: len(re.split(r"[&|^~#@]", body)[0]), "mod": lambda: len(body.split("%")[0]),
             "strings": lambda: len(body.split()[1])}[name]()
 
 
 @pytest.mark.parametrize("name, easy, hard", [
-    ("add", (2, 3), (4, 6)), ("sort", (3, 4), (6, 8)), ("bool", (2, 3), (5, 7)),
-    ("mod", (2, 3), (5, 7)), ("strings", (3, 5), (8, 12)),
+    ("add", (2, 3), (4, 6)), ("sort", (3, 5), (6, 8)), ("bool", (3, 5), (6, 8)),
+    ("mod", (2, 3), (5, 7)), ("strings", (3, 5), (6, 9)),
 ])
 def test_difficulty_ranges(name, easy, hard):
     task = get_task(name)
@@ -114,27 +115,55 @@ def test_trace_formats():
     assert add_trace(4821, 39) == "1+9+0=10 2+3+1=06 8+0+0=08 4+0+0=04|4860"
     assert sort_trace([52, 7, 31, 9]) == "7 52|7 31 52|7 9 31 52"
     assert mod_trace(4837, 7) == "4%7=4 48%7=6 63%7=0 7%7=0"
-    assert reverse_trace("abc") == "1a 2b 3c|3c 2b 1a"
-    expr = ("|", ("&", True, False), ("!", ("^", False, True)))
-    assert render(expr) == "(T&F)|!(F^T)"
-    assert bool_trace(expr) == ("F|!(F^T)=F|!T=F|F=F", "F")
+    assert shift_trace("abz", 3) == "a>d b>e z>c" and shift_letter("y", 7) == "f"
+    t, f = True, False
+    assert render([t, f, t, t]) == "TFTT" and apply_op("^", [t, f], [t, t]) == [f, t]
+    assert bool_trace([[t, f, t, t], [f, t, t, f]], ["^"]) == ("T^F=T F^T=T T^T=F T^F=T", "TTFT")
+    assert bool_trace([[t, f], [f, f], [t, t]], ["~", "&"]) == ("T~F=F F~F=T, F&T=F T&T=T", "FT")
+    assert bool_trace([[t, f, t, f], [t, t, f, f]], ["#"])[1] == "FTTT"
+    assert bool_trace([[t, f, t, f], [t, t, f, f]], ["@"])[1] == "FFFT"
 
 
-def test_bool_traces_evaluate_correctly():
-    import random
+def test_bool_answers_are_strings_not_labels():
+    """bool's answer is a T/F string as long as its operands: no answer is a majority class, and the
+    answer follows from the prompt by left-to-right positionwise logic."""
+    import collections
 
-    def ev(node):
-        if isinstance(node, bool):
-            return node
-        if node[0] == "!":
-            return not ev(node[1])
-        a, b = ev(node[1]), ev(node[2])
-        return {"&": a and b, "|": a or b, "^": a != b}[node[0]]
+    ops = {"&": lambda a, b: a and b, "|": lambda a, b: a or b, "^": lambda a, b: a != b, "~": lambda a, b: a == b,
+           "#": lambda a, b: not (a and b), "@": lambda a, b: not (a or b)}
+    task = get_task("bool")
+    for difficulty, most in (("easy", 0.2), ("medium", 0.15), ("hard", 0.05)):
+        exs = task.examples("test", 300, difficulty=difficulty)
+        top = collections.Counter(e.answer for e in exs).most_common(1)[0][1]
+        assert top / len(exs) < most, (difficulty, top)  # medium: 9% (300 test prompts, seed 0)
+        for e in exs:
+            body = e.prompt.split(": ", 1)[1].strip()
+            parts, signs = re.split(r"[&|^~#@]", body), re.findall(r"[&|^~#@]", body)
+            value = [c == "T" for c in parts[0]]
+            for op, nxt in zip(signs, parts[1:]):
+                assert len(nxt) == len(value)
+                value = [ops[op](x, c == "T") for x, c in zip(value, nxt)]
+            assert e.answer == render(value) and "".join(p[-1] for p in e.reasoning.split(", ")[-1].split()) == e.answer
 
-    rng = random.Random(0)
-    for _ in range(300):
-        expr = random_expr(rng, rng.randint(1, 7))
-        assert bool_trace(expr)[1] == ("T" if ev(expr) else "F")
+
+def test_medium_is_beyond_easy():
+    """The eval level (medium) needs something pretraining (easy) never shows: longer inputs (add,
+    sort), the operators # and @ (bool), moduli 10-11 (mod), shifts 4-7 (strings)."""
+    def examples(name, difficulty):
+        return get_task(name).examples("train", 300, difficulty=difficulty)
+
+    for name in ("add", "sort"):
+        easy = {_size(name, e.prompt) for e in examples(name, "easy")}
+        medium = {_size(name, e.prompt) for e in examples(name, "medium")}
+        assert max(medium) > max(easy) and min(medium) >= min(easy), (name, easy, medium)
+    ops = lambda d: {c for e in examples("bool", d) for c in "&|#@^~" if c in e.prompt}  # noqa: E731
+    assert ops("easy") == {"&", "|"} and ops("medium") == {"&", "|", "#", "@"} and len(ops("hard")) == 6
+    easy_mod = {int(e.prompt.split("%")[1]) for e in examples("mod", "easy")}
+    medium_mod = {int(e.prompt.split("%")[1]) for e in examples("mod", "medium")}
+    assert max(easy_mod) == 9 and medium_mod == set(range(7, 12))
+    shift = lambda e: int(e.prompt.split()[1][3:])  # noqa: E731
+    assert {shift(e) for e in examples("strings", "easy")} == {1, 2, 3}
+    assert {shift(e) for e in examples("strings", "medium")} == set(range(2, 8))
 
 
 def test_to_dataset_columns():
@@ -149,14 +178,14 @@ def test_saved_examples_verify(tmp_path):
 
     from loramix.tasks import verify_file
 
-    task = get_task("bool")
+    task = get_task("mod")
     exs = task.examples("test", 20, difficulty="easy")
     rows = [{"prompt": e.prompt, "answer": e.answer, "reasoning": e.reasoning} for e in exs]
-    path = tmp_path / "bool.jsonl"
+    path = tmp_path / "mod.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert task.load(path) == exs
     assert (verify_file(task, path).checked, verify_file(task, path).failed) == (20, 0)
-    rows[5]["answer"] = "maybe"  # not a truth value: the bool verifier cannot match it even to itself
+    rows[5]["answer"] = "maybe"  # not an integer: the integer verifier cannot match it even to itself
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = verify_file(task, path)
     assert (report.checked, report.failed) == (20, 1) and report.failures[0].where == "line 6"

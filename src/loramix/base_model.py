@@ -1,10 +1,13 @@
 """The tiny embedded base model: a character tokenizer, a small Llama, and its CPU pretraining.
 
-`loramix base build` pretrains a ~1.6M-parameter Llama (hidden 256, 2 layers) from scratch on a mixture of the five synthetic
-domains (mostly easy difficulty), so nothing is downloaded from a hub. The result is an ordinary HF
-model folder: `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
-load it like any real model. It is good at easy problems and weak at hard ones, which leaves room for
-the stage-1 experts (LoRA trained with GRPO or SFT) to improve.
+`loramix base build` pretrains a ~1.6M-parameter Llama (hidden 256, 2 layers) from scratch on the five
+synthetic domains at easy difficulty only, plus a share of mixed two-domain prompts (easy) in the
+two-key answer format, so nothing is downloaded from a hub. The result is an ordinary HF model
+folder: `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)` load it
+like any real model. Pretraining gives the format and the short-problem skills, not the skill at the
+medium level where stage-1 experts train and everything is evaluated (longer inputs, more operands,
+larger moduli: `tasks/synthetic/`): there the base is weak but not hopeless, which leaves each
+domain's expert (LoRA trained by SFT, then GRPO) something of its own to learn.
 
 Design choices:
 - Tokenizer: one token per character (printable ASCII, tab, newline) plus `<pad>`, `<bos>`, `<eos>`,
@@ -21,6 +24,7 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -39,7 +43,7 @@ from loramix.io import atomic_path
 from loramix.tasks import SYNTHETIC_TASKS, get_task
 
 # Bump when anything that changes the built weights changes (tokenizer, data, loop).
-BUILD_VERSION = 1
+BUILD_VERSION = 4
 META_FILE = "loramix_base.json"
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -162,13 +166,15 @@ class BaseConfig:
     warmup: int = 40  # capped at steps // 10
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
-    medium_share: float = 0.15
+    medium_share: float = 0.0  # share of each domain's pairs at medium (the eval level): 0 keeps it unseen
+    mixed_share: float = 0.25  # share of all pairs that are mixed two-domain prompts (easy), for the two-key format
     domains: tuple[str, ...] = field(default_factory=tuple)  # empty = all synthetic domains
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
         d["domains"] = list(self.domains)
         d["build_version"] = BUILD_VERSION
+        d["data_digest"] = _data_digest(self)
         return d
 
     def hash(self) -> str:
@@ -177,6 +183,13 @@ class BaseConfig:
 
 
 DEFAULT_CONFIG = BaseConfig()
+
+
+@functools.lru_cache(maxsize=16)
+def _data_digest(config: BaseConfig) -> str:
+    """A digest of a sample of the pretraining pairs, part of the cache key: a change to a domain's
+    generator or trace gives a new cache path even when no config field or BUILD_VERSION moved."""
+    return hashlib.sha256(json.dumps(pretraining_pairs(config, 200)).encode()).hexdigest()[:12]
 
 
 def loramix_home() -> Path:
@@ -211,13 +224,29 @@ def _domains(config: BaseConfig) -> tuple[str, ...]:
     return tuple(SYNTHETIC_TASKS)
 
 
+def _mixed_pairs(a: str, b: str, n: int, seed: int, difficulty: str) -> list[Pair]:
+    from loramix.tasks.mixed import MixedTask
+
+    task = MixedTask(a, b)
+    return [(ex.prompt, task.reference_completion(ex))
+            for ex in task.examples("train", n, seed=seed, difficulty=difficulty)]
+
+
 def pretraining_pairs(config: BaseConfig, n: int,
                       source: Callable[[str, int, int, str], list[Pair]] | None = None) -> list[Pair]:
-    """`n` deterministic (prompt, completion) pairs from the train split: an equal share of each
-    domain, `medium_share` of them at medium difficulty and the rest at easy, shuffled by seed."""
+    """`n` deterministic (prompt, completion) pairs from the train split, shuffled by seed:
+    `mixed_share` of them mixed two-domain prompts at easy difficulty (an equal share of each
+    unordered pair of domains; which part comes first is drawn per example), and the rest an equal
+    share of each domain, `medium_share` of those at medium difficulty and the others at easy.
+
+    With the defaults (`medium_share=0`) the base never sees the medium level that experts train
+    and are evaluated on: pretraining gives the format and the short-problem skill, not the
+    medium-length skill. A custom `source` replaces the single-domain pairs only."""
     source = source or _task_pairs
     domains = _domains(config)
-    per = math.ceil(n / len(domains))
+    pairs_of = [(a, b) for i, a in enumerate(domains) for b in domains[i + 1:]]
+    n_mixed = int(round(n * config.mixed_share)) if pairs_of else 0
+    per = math.ceil((n - n_mixed) / len(domains))
     n_med = int(round(per * config.medium_share))
     pairs: list[Pair] = []
     for i, name in enumerate(domains):
@@ -225,6 +254,13 @@ def pretraining_pairs(config: BaseConfig, n: int,
         pairs += source(name, per - n_med, s, "easy")
         if n_med:
             pairs += source(name, n_med, s + 500, "medium")
+    if n_mixed:
+        per_pair = math.ceil(n_mixed / len(pairs_of))
+        mixed: list[Pair] = []
+        for j, (a, b) in enumerate(pairs_of):
+            mixed += _mixed_pairs(a, b, per_pair, config.seed * 1000 + 700 + j, "easy")
+        random.Random(config.seed + 7).shuffle(mixed)
+        pairs = pairs[: n - n_mixed] + mixed[:n_mixed]
     random.Random(config.seed).shuffle(pairs)
     return pairs[:n]
 

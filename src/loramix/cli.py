@@ -319,6 +319,9 @@ def train_prompt_router_cmd(
     n_per_task: int = typer.Option(200, "--n-per-task", help="With --tasks: train prompts per task."),
     steps: int = typer.Option(300, "--steps", help="Classifier optimizer steps (full batch)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
+    mixture: Optional[Path] = typer.Option(
+        None, "--mixture", help="A trained mixture over the same experts (e.g. the hard one): keep it, attention "
+                                "LoRA included, and route one expert per sequence (the fair prompt-level baseline)."),
 ) -> None:
     """Train a prompt-level router: one expert per prompt from the base model's mean-pooled prompt states."""
     import json as _json
@@ -326,7 +329,7 @@ def train_prompt_router_cmd(
     from loramix.train.prompt_router import build_prompt_router
 
     path = build_prompt_router(base, _bl_split(experts), out, traces=traces, tasks=_bl_split(tasks) or None,
-                               n_per_task=n_per_task, steps=steps, seed=seed)
+                               n_per_task=n_per_task, steps=steps, seed=seed, mixture=mixture)
     acc = _json.loads((path / "metrics.json").read_text())["heldout_accuracy"]
     console.print(f"prompt router: {path} (held-out accuracy {acc})", highlight=False, soft_wrap=True)
 
@@ -470,7 +473,7 @@ def evaluate_cmd(
     do_sample: bool = typer.Option(False, "--sample", metavar="", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (with --sample)."),
-    routing: str = typer.Option("model", "--routing", help="Mixtures: model (token level), oracle or prompt."),
+    routing: str = typer.Option("model", "--routing", help="Mixtures: model (token level), oracle, segment (the segment oracle: each token to its sub-question's expert) or prompt."),
     expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (or TASK=EXPERT_NAME), repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report JSON here (atomic)."),
@@ -501,7 +504,7 @@ def analyze_cmd(
     difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generate call."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
-    routing: str = typer.Option("model", "--routing", help="model, oracle or prompt."),
+    routing: str = typer.Option("model", "--routing", help="model, oracle, segment or prompt."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
 ) -> None:
     """Routing analysis of a mixture: expert shares, routing accuracy, max mass, ESS, token colours."""

@@ -5,20 +5,22 @@ on a list of tasks and reports, per task, the accuracy, the *format rate* (a ``<
 block followed by a JSON answer) and the mean completion length in tokens. ``load_for_eval`` opens
 whatever folder the user names. ``loramix evaluate`` is a thin wrapper around both.
 
-Mixed-domain prompts (the paper's GSM8K+BoolQ evaluation, here two synthetic tasks in one prompt)::
-
-    prompt     = prompt_a + prompt_b                 (each task's prompt ends with a newline)
-    completion = <think>{reasoning_a}|{reasoning_b}</think>
-                 {"answer1": "<answer a>", "answer2": "<answer b>"}
-
-A mixed prompt is correct only if *both* answers pass their own task's checker; each half's accuracy is
-reported too. A mixed task is named ``"a+b"``.
+Mixed-domain prompts (the paper's merged GSM8K+BoolQ evaluation, here any two tasks in one prompt,
+answered by one JSON object with a named key per task) are defined in ``loramix.tasks.mixed``; a
+pair is named ``"a+b"``. One is correct only if *both* answers pass their own task's checker; each
+part's accuracy is reported too.
 
 Routing modes for a mixture (``routing=``): ``model`` (its own router, token level), ``oracle``
 (every token of a prompt to that prompt's task expert, via ``MixtureModel.route_sequences``; for a
-mixed prompt the expert of its *first* task, since one expert serves the whole sequence) and
-``prompt`` (prompt-level routing by the router itself: one forward over the prompt, the router
-probabilities averaged over its tokens and sites, and the argmax expert used for the whole sequence).
+mixed prompt the expert of the pair's first task, since one expert serves the whole sequence),
+``segment`` (the segment oracle: every token, of the prompt and of the completion as it is
+generated, to the expert of the sub-question it belongs to; on a single-domain prompt the same as
+``oracle``) and ``prompt`` (prompt-level routing: by the mixture's prompt classifier if it has one,
+else by the router itself, its probabilities averaged over the prompt's tokens and sites; the
+argmax expert serves the whole sequence).
+
+Every task's metrics keep ``outcomes`` (1 or 0 per prompt, in order), so reports can compute
+confidence intervals and paired differences over the same prompts.
 
 With ``collect_routing=True`` a mixture's routing decisions are kept per generated sequence (only
 real tokens: left padding, the EOS and anything after it are dropped), for ``loramix.analysis``.
@@ -46,117 +48,13 @@ from loramix.generation import Completion, generate
 from loramix.io import write_json
 from loramix.loading import load_base_model
 from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture
-from loramix.tasks import get_task
-from loramix.tasks.format import (THINK_CLOSE, THINK_OPEN, format_completion, has_json_answer, has_think,
-                                  json_objects)
+from loramix.tasks.format import has_json_answer, has_think
+from loramix.tasks.mixed import (MIXED_SEP, MixedExample, MixedTask, completion_segments, labels_to_tokens,
+                                 mixed_answers, mixed_examples, mixed_reference_completion, prompt_segments,
+                                 resolve_task, segment_at, token_spans)
 
-MIXED_SEP = "+"  # "add+sort" names a mixed task
-MIXED_THINK_SEP = "|"
-MIXED_KEYS = ("answer1", "answer2")
-ROUTING_MODES = ("model", "oracle", "prompt")
+ROUTING_MODES = ("model", "oracle", "prompt", "segment")
 METRICS = ("accuracy", "format_rate", "mean_length")
-
-
-# --- mixed-domain prompts -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MixedExample:
-    """Two tasks' examples in one prompt. ``answer`` is the JSON of both gold answers, so
-    ``examples_to_dataset`` and the training code can treat it like an ordinary example."""
-
-    prompt: str
-    a: Any  # loramix.tasks.Example
-    b: Any
-    task: str  # "task_a+task_b"
-
-    @property
-    def answer(self) -> str:
-        return json.dumps({MIXED_KEYS[0]: self.a.answer, MIXED_KEYS[1]: self.b.answer})
-
-    @property
-    def reasoning(self) -> str:
-        return f"{self.a.reasoning or ''}{MIXED_THINK_SEP}{self.b.reasoning or ''}"
-
-    @property
-    def parts(self) -> tuple:
-        return (self.a, self.b)
-
-
-def _task(task):
-    return get_task(task) if isinstance(task, str) else task
-
-
-def mixed_examples(task_a, task_b, split: str = "test", n: int = 100, seed: int = 0,
-                   difficulty: str | int = "hard") -> list[MixedExample]:
-    """``n`` mixed prompts pairing the i-th example of ``task_a`` with the i-th of ``task_b``
-    (``task_b`` drawn with ``seed + 1``, so ``a+a`` does not pair an example with itself)."""
-    ta, tb = _task(task_a), _task(task_b)
-    xs = ta.examples(split, n, seed=seed, difficulty=difficulty)
-    ys = tb.examples(split, n, seed=seed + 1, difficulty=difficulty)
-    name = f"{ta.name}{MIXED_SEP}{tb.name}"
-    return [MixedExample(x.prompt + y.prompt, x, y, name) for x, y in zip(xs, ys)]
-
-
-def mixed_reference_completion(ex: MixedExample) -> str:
-    """``<think>{r_a}|{r_b}</think>\\n{"answer1": a, "answer2": b}``."""
-    return f"{THINK_OPEN}{ex.reasoning}{THINK_CLOSE}\n{ex.answer}"
-
-
-def mixed_answers(completion: str) -> tuple[str | None, str | None]:
-    """The ``answer1`` and ``answer2`` values: each from the last JSON object holding that key
-    after the last ``</think>``, else anywhere in the completion. None where absent or null."""
-    tail = completion.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in completion else None
-    out: list[str | None] = []
-    for key in MIXED_KEYS:
-        value = None
-        for text in (tail, completion):
-            if text is None:
-                continue
-            objs = [o for o in json_objects(text) if key in o]
-            if objs:
-                value = objs[-1][key]
-                break
-        out.append(None if value is None else value.strip() if isinstance(value, str) else json.dumps(value))
-    return out[0], out[1]
-
-
-class MixedTask:
-    """Two tasks answered in one completion; each half is checked by its own task."""
-
-    def __init__(self, task_a, task_b):
-        self.task_a, self.task_b = _task(task_a), _task(task_b)
-        self.name = f"{self.task_a.name}{MIXED_SEP}{self.task_b.name}"
-        self.parts = (self.task_a, self.task_b)
-
-    def examples(self, split: str = "test", n: int | None = 100, *, seed: int = 0,
-                 difficulty: str | int = "hard") -> list[MixedExample]:
-        return mixed_examples(self.task_a, self.task_b, split, n, seed, difficulty)
-
-    def reference_completion(self, ex: MixedExample) -> str:
-        return mixed_reference_completion(ex)
-
-    def part_correct(self, completion: str, ex: MixedExample) -> tuple[bool, bool]:
-        answers = mixed_answers(completion)
-        return tuple(  # type: ignore[return-value]
-            ans is not None and task.is_correct(format_completion(None, ans), part)
-            for task, part, ans in zip(self.parts, ex.parts, answers))
-
-    def is_correct(self, completion: str, ex: MixedExample) -> bool:
-        return all(self.part_correct(completion, ex))
-
-    def is_formatted(self, completion: str) -> bool:
-        return has_think(completion) and all(a is not None for a in mixed_answers(completion))
-
-
-def resolve_task(name: str):
-    """A task by name; ``"a+b"`` gives the ``MixedTask`` of a and b."""
-    if MIXED_SEP in name:
-        parts = name.split(MIXED_SEP)
-        if len(parts) != 2 or not all(parts):
-            raise LoramixError(f"mixed task {name!r}: expected two task names joined by '{MIXED_SEP}'")
-        return MixedTask(*parts)
-    return _task(name)
 
 
 def parse_tasks(values: Sequence[str] | None, mixed: bool = False) -> list[str]:
@@ -212,6 +110,7 @@ def score_completions(task, examples: Sequence, completions: Sequence[Completion
         "format_rate": sum(formatted) / total if total else 0.0,
         "mean_length": (sum(lens) / len(lens) if lens else 0.0) if lens is not None else None,
         "n": total,
+        "outcomes": [int(c) for c in correct],
     }
     finished = [c.finished for _, c in flat if isinstance(c, Completion)]
     if finished:
@@ -254,13 +153,71 @@ def _is_mixture(model) -> bool:
     return isinstance(model, MixtureModel)
 
 
+class _SegmentRouting:
+    """The segment oracle: every token goes to the expert of the sub-question it belongs to
+    (``loramix.tasks.mixed.segment_at``), in the prompt and in the completion as it is generated.
+    A single-domain prompt is all one segment, so there it equals oracle routing."""
+
+    def __init__(self, tokenizer, examples: Sequence, task, expert_for_task: dict[str, int]):
+        self.tok, self.examples, self.task, self.experts = tokenizer, examples, task, expert_for_task
+
+    def _parts(self, i: int) -> list[int]:
+        """Expert ids of example i's parts, in prompt order."""
+        ex = self.examples[i]
+        if isinstance(ex, MixedExample):
+            return [self.experts[p.task] for p in ex.order]
+        return [self.experts[self.task.name]] * 2
+
+    def _prompt_experts(self, i: int) -> list[int]:
+        ex, parts = self.examples[i], self._parts(i)
+        ids = self.tok(ex.prompt, add_special_tokens=False)["input_ids"]
+        if not isinstance(ex, MixedExample):
+            return [parts[0]] * len(ids)
+        labels = labels_to_tokens(prompt_segments(ex), token_spans(self.tok, ids))
+        return [parts[j] for j in labels]
+
+    def for_batch(self, idx: list[int]):
+        """The ``assign(input_ids)`` of ``MixtureModel.route_tokens`` for one left-padded batch
+        (``num_return_sequences`` copies of a prompt are consecutive rows, as HF expands them)."""
+        prompts = [self._prompt_experts(i) for i in idx]
+        rows: list[dict] = []
+
+        def assign(input_ids: torch.Tensor) -> torch.Tensor:
+            batch, width = input_ids.shape
+            per = max(1, batch // len(idx))
+            if not rows:  # the prompt (prefill), left-padded
+                out = torch.empty((batch, width), dtype=torch.long)
+                for b in range(batch):
+                    i = b // per
+                    ex = self.examples[idx[i]]
+                    rows.append({"parts": self._parts(idx[i]), "ids": [], "text": "", "last": 0,
+                                 "keys": ex.keys if isinstance(ex, MixedExample) else ()})
+                    p = prompts[i][-width:]
+                    out[b] = torch.tensor([p[0]] * (width - len(p)) + p)
+                return out
+            out = torch.empty((batch, 1), dtype=torch.long)
+            for b, r in enumerate(rows):  # a decoding step: one new token per row
+                r["ids"].append(int(input_ids[b, -1]))
+                if r["keys"]:
+                    text = self.tok.decode(r["ids"], skip_special_tokens=True)
+                    if len(text) > len(r["text"]):
+                        r["last"] = segment_at(text, len(r["text"]), r["keys"])
+                    r["text"] = text
+                out[b, 0] = r["parts"][r["last"]]
+            return out
+
+        return assign
+
+
 class _BatchHook:
     """``before_batch`` for ``generation.generate``: applies oracle / prompt-level routing and,
     if asked, captures each batch's inputs, outputs and routing trace."""
 
-    def __init__(self, model, tokenizer, prompts, routing: str, seq_experts, collect: bool):
+    def __init__(self, model, tokenizer, prompts, routing: str, seq_experts, collect: bool,
+                 segments: "_SegmentRouting | None" = None):
         self.model, self.tok, self.prompts = model, tokenizer, prompts
         self.routing, self.seq_experts, self.collect = routing, seq_experts, collect
+        self.segments = segments
         self.batches: list[dict] = []
 
     def __call__(self, idx: list[int]):
@@ -273,6 +230,8 @@ class _BatchHook:
                     stack.enter_context(hook.model.route_sequences([hook.seq_experts[i] for i in idx]))
                 elif hook.routing == "prompt":
                     stack.enter_context(hook.model.route_sequences(hook._prompt_experts(idx)))
+                elif hook.routing == "segment":
+                    stack.enter_context(hook.model.route_tokens(hook.segments.for_batch(idx)))
                 if hook.collect:
                     stack.enter_context(hook._capture(idx))
                 yield
@@ -352,7 +311,7 @@ def _records_from_batches(batches: list[dict], task_name: str, tokenizer, eos: i
             records.append(RoutingRecord(
                 task=task_name, example=example, sample=row % nrs, token_ids=token_ids, n_prompt=n_prompt,
                 sites=sites, expert_ids=ids_all[:, row, positions], weights=w_all[:, row, positions],
-                probs=p_all[:, row, positions], token_task=token_task_of(example, n_prompt, len(token_ids))))
+                probs=p_all[:, row, positions], token_task=token_task_of(example, n_prompt, token_ids)))
     records.sort(key=lambda r: (r.example, r.sample))
     return records
 
@@ -415,8 +374,8 @@ def _plan_routing(model, task_names: Sequence[str], routing: str | None, expert_
         raise LoramixError(f"routing={routing!r} needs a loramix mixture; this model has no router")
     if collect_routing and not is_mix:
         raise LoramixError("collect_routing needs a loramix mixture")
-    if routing == "oracle":
-        needed = sorted({p for t in task_names for p in t.split(MIXED_SEP)[:1]})
+    if routing in ("oracle", "segment"):  # oracle: a pair's first task serves the whole sequence
+        needed = sorted({p for t in task_names for p in t.split(MIXED_SEP)[:1 if routing == "oracle" else 2]})
         expert_for_task = resolve_expert_map(model.expert_names, needed, expert_for_task, required=True)
     return _RoutingPlan(is_mix, routing, expert_for_task, collect_routing)
 
@@ -428,13 +387,15 @@ def _default_max_new_tokens(tokenizer, resolved: Sequence[tuple[str, Any]], exam
     return int(math.ceil(1.25 * longest)) + 8
 
 
-def _batch_hook(model, tokenizer, name: str, prompts: list[str], plan: _RoutingPlan) -> _BatchHook | None:
+def _batch_hook(model, tokenizer, name: str, task, examples: list, plan: _RoutingPlan) -> _BatchHook | None:
     """The generation hook of a mixture (None for other models), with its routing trace reset."""
     if not plan.is_mix:
         return None
+    prompts = [e.prompt for e in examples]
     first = name.split(MIXED_SEP)[0]
     seq_experts = [plan.expert_for_task[first]] * len(prompts) if plan.mode == "oracle" else None
-    hook = _BatchHook(model, tokenizer, prompts, plan.mode, seq_experts, plan.collect)
+    segments = _SegmentRouting(tokenizer, examples, task, plan.expert_for_task) if plan.mode == "segment" else None
+    hook = _BatchHook(model, tokenizer, prompts, plan.mode, seq_experts, plan.collect, segments)
     model.reset_routing_trace()
     model.record_routing = True  # training may have switched it off; the trace is reset per call
     return hook
@@ -452,7 +413,7 @@ def _evaluate_task(model, tokenizer, name: str, task, examples: list, plan: _Rou
     if not examples:
         raise LoramixError(f"task {name!r} has no {split} examples")
     prompts = [e.prompt for e in examples]
-    hook = _batch_hook(model, tokenizer, name, prompts, plan)
+    hook = _batch_hook(model, tokenizer, name, task, examples, plan)
     completions = generate(model, tokenizer, prompts, **gen_kwargs,
                            before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None,
                            label=f"task {name!r} ({split})")
@@ -524,15 +485,20 @@ def evaluate_model(
 
 
 def _token_task_fn(task, examples, tokenizer):
+    """``fn(example, n_prompt, token_ids)``: the task each token belongs to (for a mixed prompt,
+    by ``loramix.tasks.mixed``'s segments, in the prompt and the completion)."""
     if not isinstance(task, MixedTask):
-        return lambda example, n_prompt, n_tokens: [task.name] * n_tokens
+        return lambda example, n_prompt, token_ids: [task.name] * len(token_ids)
 
-    a, b = task.task_a.name, task.task_b.name
-
-    def fn(example: int, n_prompt: int, n_tokens: int) -> list[str | None]:
-        n_a = len(tokenizer(examples[example].a.prompt, add_special_tokens=False)["input_ids"])
-        n_a = min(n_a, n_prompt)
-        return [a] * n_a + [b] * (n_prompt - n_a) + [None] * (n_tokens - n_prompt)
+    def fn(example: int, n_prompt: int, token_ids: list[int]) -> list[str | None]:
+        ex = examples[example]
+        names = [p.task for p in ex.order]
+        prompt = labels_to_tokens(prompt_segments(ex), token_spans(tokenizer, token_ids[:n_prompt]))
+        completion_ids = token_ids[n_prompt:]
+        text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+        completion = labels_to_tokens(completion_segments(text, ex.keys), token_spans(tokenizer, completion_ids),
+                                      default=prompt[-1] if prompt else 0)
+        return [names[j] for j in prompt + completion]
 
     return fn
 

@@ -219,6 +219,24 @@ class MixtureModel(nn.Module):
             yield self
 
     @contextlib.contextmanager
+    def route_tokens(self, assign):
+        """Send token t of sequence b to expert ``assign(input_ids)[b][t]``. ``assign`` sees the
+        token ids of every forward of the wrapped model (the prompt, then each decoding step's new
+        token), so it can route by what the text says so far (the segment oracle does)."""
+        override: dict = {"token_experts": None}
+
+        def before_forward(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            override["token_experts"] = torch.as_tensor(assign(ids))
+
+        handle = self.model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        try:
+            with self._overridden(override):
+                yield self
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
     def fixed_weights(self, weights):
         """Every token uses all experts with the dense weights ``weights`` ([E])."""
         with self._overridden({"weights": weights}):

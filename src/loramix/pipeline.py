@@ -34,7 +34,7 @@ from loramix.base_model import ensure_base
 from loramix.baselines.merges import merge_experts
 from loramix.baselines.oracle import make_oracle_mixture
 from loramix.errors import LoramixError, unknown_name
-from loramix.evaluate import evaluate_model, load_for_eval, mixed_examples, mixed_reference_completion
+from loramix.evaluate import evaluate_model, load_for_eval
 from loramix.io import atomic_path, read_json, write_json
 from loramix.loading import resolve_base
 from loramix.mixture import MixtureConfig
@@ -42,6 +42,7 @@ from loramix.recipe import Recipe
 from loramix.report import build_report, write_report
 from loramix.routers import GumbelOptions, HardOptions, TopKOptions
 from loramix.tasks import list_tasks
+from loramix.tasks.mixed import mixed_examples, mixed_reference_completion
 from loramix.train.common import quiet_hf
 from loramix.train.distill import DistillConfig, distill
 from loramix.train.experts import ExpertTrainConfig, train_expert
@@ -51,17 +52,29 @@ from loramix.train.remix import ReMixConfig, train_remix
 from loramix.train.router import RouterTrainConfig, train_router
 
 ROUTER_METHODS = {  # name -> (router, top_k, router options); trained over the frozen RL experts
-    "mor_lora_hard": ("hard", 1, HardOptions()),
+    "mor_lora_hard": ("hard", 1, HardOptions(ste="full")),  # the paper's STE formula
+    "mor_lora_hard_chosen": ("hard", 1, HardOptions(ste="chosen")),  # the authors' released code
     "soft": ("soft", None, None),
     "topk2_norm": ("topk", 2, TopKOptions(normalize=True)),
     "gumbel": ("gumbel", None, GumbelOptions(hard=True)),
 }
 MERGES = {"merge_linear": "linear", "merge_ties": "ties", "merge_dare": "dare_ties"}
-MIXTURE_METHODS = ("oracle", *ROUTER_METHODS, "prompt_router", "remix", "mixlora_topk")
+PROMPT_ROUTERS = ("prompt_router", "prompt_router_fair")  # plain: fixed router; fair: the hard mixture's
+MIXTURE_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS, "remix", "mixlora_topk")
 ADAPTER_METHODS = (*MERGES, "multitask_lora", "single_lora_same_active")
-METHOD_FAMILIES = ("base", "expert_rl", "expert_sft", "oracle", *ROUTER_METHODS, *MERGES, "multitask_lora",
-                   "prompt_router", "remix", "mixlora_topk", "single_lora_same_active")
-MIXED_METHODS = ("mor_lora_hard", "prompt_router", "oracle", "soft", "topk2_norm")
+METHOD_FAMILIES = ("base", "expert_rl", "expert_sft", "oracle", "segment_oracle", *ROUTER_METHODS, *MERGES,
+                   "multitask_lora", *PROMPT_ROUTERS, "remix", "mixlora_topk", "single_lora_same_active")
+FROZEN_EXPERT_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS)  # mixtures over the frozen RL experts
+SEEDED_METHODS = (*ROUTER_METHODS, *PROMPT_ROUTERS, "remix", "mixlora_topk")  # trained with `recipe.seeds` seeds
+MIXED_METHODS = ("base", "segment_oracle", "mor_lora_hard", *PROMPT_ROUTERS)  # token- vs prompt-level
+MIXED_ALL_SEEDS = ("mor_lora_hard", "prompt_router_fair")  # the token- vs prompt-level comparison; others: 1 seed
+SEED_MARK = "-s"  # methods/mor_lora_hard-s1 is mor_lora_hard trained with seed + 1
+
+
+def method_of(run: str) -> str:
+    """The method a run belongs to: ``mor_lora_hard-s2`` -> ``mor_lora_hard``."""
+    head, mark, tail = run.rpartition(SEED_MARK)
+    return head if mark and tail.isdigit() else run
 STAGE_FILE = "stage_seconds.json"  # in the run folder: each stage's seconds, kept across reruns
 NOT_STAGE_OUTPUTS = {STAGE_FILE, "recipe.json", "report.json", "report.md", "ess_steps.png",
                      "mor_lora_hard_usage.png"}  # rewritten by every run: not a sign that a stage worked
@@ -133,6 +146,12 @@ class Pipeline:
 
     def path(self, *parts: str) -> Path:
         return self.run.joinpath(*parts)
+
+    def runs_of(self, name: str) -> list[tuple[str, int]]:
+        """``(run name, seed)`` of each training of method ``name``: ``recipe.seeds`` of them for a
+        stage-2 method (``name``, ``name-s1``, ...), else one."""
+        k = self.r.seeds if name in SEEDED_METHODS else 1
+        return [(name if i == 0 else f"{name}{SEED_MARK}{i}", self.r.seed + i) for i in range(k)]
 
     @property
     def rl_experts(self) -> list[Path]:
@@ -209,22 +228,29 @@ class Pipeline:
         rc, traces = self.r.router, str(self.path("traces_stage2.jsonl"))
         experts = [str(p) for p in self.rl_experts]
         for name, (router, top_k, options) in ROUTER_METHODS.items():
-            if self.want(name):
+            for run, seed in self.runs_of(name) if self.want(name) else ():
                 mixture = MixtureConfig(router=router, top_k=top_k, router_options=options,
                                         attention_lora_rank=rc.attention_lora_rank,
                                         attention_lora_alpha=rc.attention_lora_alpha)
                 train_router(RouterTrainConfig(
-                    base=self.base, experts=experts, traces=traces, out=str(self.path("methods", name)),
+                    base=self.base, experts=experts, traces=traces, out=str(self.path("methods", run)),
                     mixture=mixture, learning_rate=rc.learning_rate,
                     router_learning_rate=rc.router_learning_rate,
                     num_train_epochs=rc.num_train_epochs, max_steps=rc.max_steps, batch_size=rc.batch_size,
                     warmup_ratio=rc.warmup_ratio, lr_scheduler_type=rc.lr_scheduler_type,
-                    max_length=self.r.max_length, seed=self.r.seed, progress=self.progress))
-        if self.want("oracle") and not self.path("methods", "oracle").exists():
+                    max_length=self.r.max_length, seed=seed, progress=self.progress))
+        if (self.want("oracle") or self.want("segment_oracle")) and not self.path("methods", "oracle").exists():
             make_oracle_mixture(self.base, experts, list(self.r.tasks), self.path("methods", "oracle"))
-        if self.want("prompt_router") and not self.path("methods", "prompt_router").exists():
-            build_prompt_router(self.base, experts, self.path("methods", "prompt_router"),
-                                traces=self.path("traces.jsonl"), seed=self.r.seed)
+        # plain: a fixed router over the experts; fair: the hard mixture (same experts, same attention
+        # LoRA trained on the same traces) with one decision per sequence instead of per token
+        for name in PROMPT_ROUTERS:
+            if not self.want(name) or (name == "prompt_router_fair" and not self.want("mor_lora_hard")):
+                continue
+            for (run, seed), (hard, _) in zip(self.runs_of(name), self.runs_of("mor_lora_hard")):
+                if not self.path("methods", run).exists():
+                    build_prompt_router(self.base, experts, self.path("methods", run),
+                                        traces=self.path("traces.jsonl"), seed=seed,
+                                        mixture=self.path("methods", hard) if name == "prompt_router_fair" else None)
 
     def train_baselines(self) -> None:
         traces, experts = str(self.path("traces_stage2.jsonl")), [str(p) for p in self.rl_experts]
@@ -240,11 +266,11 @@ class Pipeline:
                     batch_size=m.batch_size, learning_rate=m.learning_rate, max_length=self.r.max_length,
                     seed=self.r.seed, progress=self.progress))
         for name, router in (("remix", "remix"), ("mixlora_topk", "topk")):
-            if self.want(name):
+            for run, seed in self.runs_of(name) if self.want(name) else ():
                 train_remix(ReMixConfig(
-                    out=self.path("methods", name), base=self.base, traces=Path(traces), router=router,
+                    out=self.path("methods", run), base=self.base, traces=Path(traces), router=router,
                     n_experts=x.n_experts, top_k=x.top_k, rank=x.rank, samples=x.samples, steps=x.steps,
-                    batch_size=x.batch_size, learning_rate=x.learning_rate, max_length=self.r.max_length, seed=self.r.seed,
+                    batch_size=x.batch_size, learning_rate=x.learning_rate, max_length=self.r.max_length, seed=seed,
                     logging_steps=max(1, x.steps // 20), progress=self.progress))
 
     def method_paths(self) -> dict[str, Path | str]:
@@ -257,8 +283,9 @@ class Pipeline:
             if self.want("expert_sft"):
                 paths[f"expert_sft:{task}"] = self.path("experts", "sft", task)
         for name in (*MIXTURE_METHODS, *ADAPTER_METHODS):
-            if self.want(name):
-                paths[name] = self.path("methods", name)
+            if self.want(name) and (name != "prompt_router_fair" or self.want("mor_lora_hard")):
+                for run, _ in self.runs_of(name):
+                    paths[run] = self.path("methods", run)
         return paths
 
     def _common_eval(self) -> dict:
@@ -293,21 +320,41 @@ class Pipeline:
             result = analyze_mixture(model, tok, list(self.r.tasks), out=self.path("analysis", name),
                                      routing=routing, train_log=log if log.is_file() else None, **common)
             write_json(out, {"per_task": result["eval"], "kind": kind})
-        else:
-            write_json(out, {**evaluate_model(model, tok, list(self.r.tasks), **common).to_dict(), "kind": kind})
+        else:  # an SFT expert is compared on its own domain only (RL vs SFT), which saves four domains
+            tasks = [name.partition(":")[2]] if name.startswith("expert_sft:") else list(self.r.tasks)
+            write_json(out, {**evaluate_model(model, tok, tasks, **common).to_dict(), "kind": kind})
 
-    def _evaluate_mixed(self, name: str) -> None:
+    def _evaluate_mixed(self, run: str) -> None:
+        """Score one method (one seed's run) on the recipe's mixed pairs into ``eval/mixed_<run>.json``.
+        ``segment_oracle`` is the oracle mixture routed by segment."""
         ev = self.r.evaluate
-        model, tok, _ = load_for_eval(self.path("methods", name), self.base)
+        if run == "base":
+            model, tok, _ = load_for_eval(self.base)
+            routing = None
+        else:
+            folder = "oracle" if run == "segment_oracle" else run
+            model, tok, _ = load_for_eval(self.path("methods", folder), self.base)
+            routing = {"oracle": "oracle", "segment_oracle": "segment"}.get(run)
         pairs = ["+".join(p) for p in ev.mixed_pairs]
-        rep = evaluate_model(model, tok, pairs, routing="oracle" if name == "oracle" else None,
-                             **{**self._common_eval(), "n": ev.mixed_n})
-        write_json(self.path("eval", f"mixed_{name}.json"), rep.to_dict())
+        rep = evaluate_model(model, tok, pairs, routing=routing, **{**self._common_eval(), "n": ev.mixed_n})
+        write_json(self.path("eval", f"mixed_{run}.json"), rep.to_dict())
+
+    def mixed_runs(self) -> list[str]:
+        """Every (method, seed) run scored on mixed prompts."""
+        out = []
+        for name in MIXED_METHODS:
+            if not self.want(name) or (name == "prompt_router_fair" and not self.want("mor_lora_hard")):
+                continue
+            if name == "segment_oracle" and not (self.want("oracle") or self.want("segment_oracle")):
+                continue
+            runs = [run for run, _ in self.runs_of(name)]
+            out += runs if name in MIXED_ALL_SEEDS else runs[:1]
+        return out
 
     def _to_evaluate(self, mixtures: bool) -> list[tuple[str, object]]:
         return [(name, lambda name=name, path=path: self._evaluate_one(name, path))
                 for name, path in self.method_paths().items()
-                if (name in MIXTURE_METHODS) == mixtures
+                if (method_of(name) in MIXTURE_METHODS) == mixtures
                 and not self.path("eval", f"{name.replace(':', '_')}.json").is_file()]
 
     def evaluate_all(self) -> None:
@@ -318,8 +365,8 @@ class Pipeline:
         """Stage 7: every mixture, scored while its routing is analyzed, then the mixed prompts."""
         jobs = self._to_evaluate(mixtures=True)
         if self.r.evaluate.mixed_pairs:
-            jobs += [(f"mixed {name}", lambda name=name: self._evaluate_mixed(name)) for name in MIXED_METHODS
-                     if self.want(name) and not self.path("eval", f"mixed_{name}.json").is_file()]
+            jobs += [(f"mixed {run}", lambda run=run: self._evaluate_mixed(run)) for run in self.mixed_runs()
+                     if not self.path("eval", f"mixed_{run}.json").is_file()]
         self._eval_bar(jobs, "analyze")
 
     # -- report ----------------------------------------------------------------------------------

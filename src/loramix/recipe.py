@@ -96,6 +96,7 @@ class Recipe:
     eval_difficulty: str = "medium"
     max_length: int = 512
     seed: int = 0
+    seeds: int = 1  # stage-2 methods are trained with seeds seed, seed + 1, ..., seed + seeds - 1
     methods: list[str] | None = None
     expert: ExpertStage = field(default_factory=ExpertStage)
     distill: DistillStage = field(default_factory=DistillStage)

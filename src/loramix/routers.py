@@ -66,9 +66,10 @@ def sorted_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None, sequence_experts=None,
-                  weights=None) -> Routing:
+                  weights=None, token_experts=None) -> Routing:
     """Routing without a gate. ``expert``: an int for every token; ``sequence_experts``: a [batch]
-    tensor of expert ids, one per sequence; ``weights``: a dense [E] weight vector for every token."""
+    tensor of expert ids, one per sequence; ``token_experts``: a [batch, seq] tensor, one id per
+    token; ``weights``: a dense [E] weight vector for every token."""
     if weights is not None:
         w = torch.as_tensor(weights, dtype=torch.float32, device=device)
         if w.shape != (num_experts,):
@@ -84,6 +85,13 @@ def fixed_routing(shape: tuple[int, ...], num_experts: int, device, expert=None,
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
             raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
         idx = ids.to(device).view(-1, *([1] * (len(shape) - 1))).expand(*shape).unsqueeze(-1)
+    elif token_experts is not None:
+        ids = torch.as_tensor(token_experts).long()
+        if tuple(ids.shape) != tuple(shape):
+            raise LoramixError(f"token_experts has shape {tuple(ids.shape)}, expected {tuple(shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
+            raise LoramixError(f"expert ids must lie in 0..{num_experts - 1}")
+        idx = ids.to(device).unsqueeze(-1)
     else:
         if expert is None:
             raise LoramixError("fixed routing needs an expert, sequence_experts or weights")

@@ -1,14 +1,36 @@
 """The paper's reward, configurable. Its adapter to TRL's reward-function signature is
 `base.trl_reward_fn` (behind `Task.reward_fn` and `registry.make_reward_fn`).
 
-| event                                   | default |
-|-----------------------------------------|---------|
-| correct                                 | +1.0    |
-| wrong                                   | -1.1    |
-| `<think>...</think>` present, in order  | +0.2    |
-| wrong, but a JSON answer present        | +0.1    |
+| event                                                               | default |
+|---------------------------------------------------------------------|---------|
+| correct                                                             | +1.0    |
+| wrong                                                               | -1.1    |
+| `<think>...</think>` present, in order                              | +0.2    |
+| wrong, a JSON answer present (by default: and no think bonus paid)  | +0.1    |
 
-So the best score is 1.2 (correct, with a think block) and the worst -1.1.
+How the two bonuses combine is `RewardConfig.bonuses`:
+
+| `bonuses`               | rule                                                              | wrong + think + JSON |
+|-------------------------|-------------------------------------------------------------------|----------------------|
+| `"exclusive"` (default) | the think bonus, else (wrong and JSON) the JSON bonus, else 0     | -0.9                 |
+| `"both"`                | each bonus paid on its own (loramix's earlier rule)               | -0.8                 |
+
+`"exclusive"` is the authors' released rule, `compute_reward` in `lora_offline/reward.py` of
+sar-molavi/hard-routed-mor-lora (`if has_think_tags: bonus = bonus_think; elif not is_correct and
+has_json: bonus = bonus_json_on_wrong; else: bonus = 0.0`). Under either rule the best score is 1.2
+(correct, with a think block) and the worst -1.1 (wrong, neither).
+
+Detection differs from the authors' code in two edge cases, kept on purpose:
+
+* "has JSON" is `format.has_json_answer`: some JSON object carries a non-null `"answer"`. The
+  authors test whether any JSON object or array at all parses (`extract_last_json(...) is not
+  None`), so `{}` or `[1]` would earn their bonus. loramix keeps the stricter test because the
+  bonus is meant to reward the answer format (`{"answer": ...}`), and the same predicate decides
+  which answer `extract_answer` reads; on completions in the prompted format
+  (`{"answer": "..."}`) the two agree.
+* "has think" is `format.has_think`: a `<think>` followed later by a `</think>`. The authors
+  compare the first `<think>` with the first `</think>`, so `</think><think>x</think>` earns the
+  bonus here but not there.
 """
 
 from __future__ import annotations
@@ -16,17 +38,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from loramix.errors import LoramixError
 from loramix.tasks.format import has_json_answer, has_think
 
 RewardFn = Callable[..., list[float]]
 
+BONUS_RULES = ("exclusive", "both")
+
 
 @dataclass(frozen=True)
 class RewardConfig:
+    """Reward values and how the bonuses combine (`bonuses`: "exclusive", the authors' rule and the
+    default, or "both", loramix's earlier rule; see the module docstring)."""
+
     correct: float = 1.0
     wrong: float = -1.1
     think: float = 0.2
     json_answer: float = 0.1  # only paid when the answer is wrong
+    bonuses: str = "exclusive"
+
+    def __post_init__(self):
+        if self.bonuses not in BONUS_RULES:
+            raise LoramixError(
+                f"reward bonuses: unknown rule {self.bonuses!r}; valid: {', '.join(BONUS_RULES)}")
 
     @property
     def max(self) -> float:
@@ -36,9 +70,10 @@ class RewardConfig:
 def score(completion: str, correct: bool, config: RewardConfig = RewardConfig()) -> float:
     """The reward of `completion`, given whether its answer is correct."""
     r = config.correct if correct else config.wrong
-    if has_think(completion):
+    think = has_think(completion)
+    if think:
         r += config.think
-    if not correct and has_json_answer(completion):
+    if not correct and (config.bonuses == "both" or not think) and has_json_answer(completion):
         r += config.json_answer
     return r
 

@@ -17,7 +17,7 @@ from loramix.loading import load_base
 from loramix.baselines.prompt_router import PROMPT_ROUTER_CONFIG, PromptRouter, prompt_features
 from loramix.errors import LoramixError
 from loramix.io import atomic_path, write_json
-from loramix.mixture import compose
+from loramix.mixture import compose, load_mixture
 from loramix.tasks import get_task
 from loramix.train.common import METRICS_FILE
 from loramix.train.data import read_traces
@@ -84,12 +84,18 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
                         traces: str | Path | None = None, tasks: Sequence[str] | None = None,
                         expert_for_task: dict[str, int] | None = None, n_per_task: int = 200,
                         difficulty: str | None = None, steps: int = 300, lr: float = 0.05, seed: int = 0,
-                        batch_size: int = 32) -> Path:
-    """Train the prompt-level classifier and save a mixture folder (``fixed`` router over
-    ``experts``) holding it. Labels come from the traces (``task``, ``expert_index``; a fifth of each
-    label's distinct prompts is held out) or from ``tasks`` (task i -> expert i unless
-    ``expert_for_task``; held out: the validation split). ``metrics.json`` reports the held-out
-    classification accuracy."""
+                        batch_size: int = 32, mixture: str | Path | None = None) -> Path:
+    """Train the prompt-level classifier and save a mixture folder holding it. Labels come from the
+    traces (``task``, ``expert_index``; a fifth of each label's distinct prompts is held out) or from
+    ``tasks`` (task i -> expert i unless ``expert_for_task``; held out: the validation split).
+    ``metrics.json`` reports the held-out classification accuracy.
+
+    The folder is a ``fixed`` router over ``experts``; or, with ``mixture`` (a trained mixture
+    folder over the same experts, e.g. the hard MoR-LoRA one), a copy of that mixture, attention
+    LoRA included, whose per-token router the classifier replaces by one decision per sequence:
+    the fair prompt-level baseline, differing from the token-level mixture only in the granularity
+    of the decision. The classifier's features are computed through the saved mixture with its
+    experts switched off, at training as at inference."""
     paths = adapter_folders(experts)
     train, held = _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty)
     if len({l for _, l, _ in train}) < 2:
@@ -99,6 +105,14 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
     if bad:
         raise LoramixError(f"expert indices {bad} outside 0..{len(paths) - 1}")
     model, tok, base_path = load_base(base)
+    if mixture is None:
+        model = compose(model, paths, router="fixed")
+    else:
+        model = load_mixture(mixture, model)
+        have = [str(Path(e.path).resolve()) for e in model.experts]
+        if have != [str(Path(p).resolve()) for p in paths]:
+            raise LoramixError(f"{mixture}: its experts {have} differ from the ones given {[str(p) for p in paths]}")
+    model.eval()
     start = time.perf_counter()
     x_train = prompt_features(model, tok, [p for p, _, _ in train], batch_size)
     router = fit_prompt_router(x_train, [l for _, l, _ in train], experts_of, steps=steps, lr=lr, seed=seed)
@@ -112,18 +126,21 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
         per_label = {l: _accuracy([p for p, g in zip(pred, gold) if g == l], [l] * gold.count(l))
                      for l in sorted(set(gold))}
     seconds = time.perf_counter() - start
-    router.meta.update(base=str(base_path), seed=seed)
-    mixture = compose(model, paths, router="fixed")
-    mixture.metadata["prompt_router"] = PROMPT_ROUTER_CONFIG
+    router.meta.update(base=str(base_path), seed=seed, mixture=None if mixture is None else str(mixture))
+    model.metadata["prompt_router"] = PROMPT_ROUTER_CONFIG
+    classifier = router.weight.numel() + router.bias.numel()
+    reused = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the mixture's router, attention LoRA
     metrics = {"loramix_version": __version__, "kind": "prompt_router", "train_seconds": round(seconds, 3),
+               "mixture": None if mixture is None else str(mixture),
                "source": str(traces) if traces is not None else {"tasks": list(tasks or ())},
                "n_train": len(train), "n_heldout": len(held), "train_accuracy": train_acc,
                "heldout_accuracy": held_acc, "heldout_accuracy_per_label": per_label,
                "label_to_expert": dict(zip(router.labels, router.experts)),
-               "trainable_parameters": router.weight.numel() + router.bias.numel(), "steps": steps, "seed": seed}
+               "classifier_parameters": classifier, "trainable_parameters": classifier + reused,
+               "steps": steps, "seed": seed}
     out = Path(out)
     with atomic_path(out) as tmp:
-        mixture.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         router.save(tmp)
         write_json(tmp / METRICS_FILE, metrics)
     return out

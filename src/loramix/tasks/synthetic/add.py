@@ -1,5 +1,6 @@
-"""`add`: multi-digit addition with carries. The trace works least-significant digit first, one
-column per step as `a+b+carry=two-digit sum` (`2+9+0=11`), then the answer:
+"""`add`: multi-digit addition with carries (operands of 2-3 digits at easy, 2-4 at medium: a base
+pretrained on easy has never added a 4-digit number). The trace works least-significant digit
+first, one column per step as `a+b+carry=two-digit sum` (`2+9+0=11`), then the answer:
 
     add: 482+739
     <think>2+9+0=11 8+3+1=12 4+7+1=12|1221</think>
@@ -11,7 +12,7 @@ import random
 
 from loramix.tasks.synthetic.base import SyntheticTask
 
-DIGITS = {1: (2, 3), 2: (3, 4), 3: (4, 6)}
+DIGITS = {1: (2, 3), 2: (2, 4), 3: (4, 6)}
 
 
 def _number(rng: random.Random, digits: int) -> int:

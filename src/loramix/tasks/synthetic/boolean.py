@@ -1,71 +1,64 @@
-"""`bool`: evaluate a boolean expression over T/F with `&` (and), `|` (or), `^` (xor) and `!`
-(not); nested binary operations are parenthesised. The trace rewrites the expression one
-operator at a time (leftmost innermost first), separated by `=`:
+"""`bool`: bitwise logic on equal-length strings of truth values T/F, chained left to right with
+`&` (and), `|` (or), `#` (nand), `@` (nor), and at hard also `^` (xor) and `~` (xnor). The answer
+is the resulting T/F string (not a single label, so no answer is a majority class: a constant
+guess is right with chance 2^-length). The trace applies the operator position by position, one `x op y=z` per position, and
+separates the steps of a chain with `, `:
 
-    bool: (T&F)|!(F^T)
-    <think>F|!(F^T)=F|!T=F|F=F</think>     (answer F)
+    bool: TFTT#FTTF
+    <think>T#F=T F#T=T T#T=F T#F=T</think>     (answer TTFT)
+
+Easy problems use only `&` and `|`; medium has the same sizes (two operands of 3-5 values) but
+draws from `&`, `|`, `#` and `@` (the new two twice as often, so two thirds of medium problems need
+a table the base never saw); hard chains 2-3 operands of 6-8 values over all six operators. A
+base pretrained on easy has never seen `#` or `@`: their truth tables are the medium skill (a few
+facts a rank-8 LoRA on the MLP learns in a minute), not longer alignment. (xor and xnor, which no
+single threshold separates, were measured not to be learnable that fast, so medium leaves them
+out.)
 """
 
 from __future__ import annotations
 
 import random
-from typing import Union
 
 from loramix.tasks.synthetic.base import SyntheticTask
 
-Node = Union[bool, tuple]  # a literal, ("!", child) or (op, left, right)
-OPERATORS = {1: (2, 3), 2: (3, 5), 3: (5, 7)}
-_APPLY = {"&": lambda a, b: a and b, "|": lambda a, b: a or b, "^": lambda a, b: a != b}
+OPERANDS = {1: (2, 2), 2: (2, 2), 3: (2, 3)}
+LENGTHS = {1: (3, 5), 2: (3, 5), 3: (6, 8)}
+OPERATORS = {1: "&|", 2: "&|#@#@", 3: "&|#@^~"}  # drawn uniformly by position: medium # and @ twice as often
+_APPLY = {"&": lambda a, b: a and b, "|": lambda a, b: a or b, "^": lambda a, b: a != b,
+          "~": lambda a, b: a == b, "#": lambda a, b: not (a and b), "@": lambda a, b: not (a or b)}
 
 
-def random_expr(rng: random.Random, ops: int) -> Node:
-    """A random expression with exactly `ops` operators."""
-    if ops == 0:
-        return rng.random() < 0.5
-    if rng.random() < 0.25:
-        return ("!", random_expr(rng, ops - 1))
-    left = rng.randint(0, ops - 1)
-    return (rng.choice("&|^"), random_expr(rng, left), random_expr(rng, ops - 1 - left))
+def render(values: list[bool]) -> str:
+    return "".join("T" if v else "F" for v in values)
 
 
-def render(node: Node, top: bool = True) -> str:
-    if isinstance(node, bool):
-        return "T" if node else "F"
-    if node[0] == "!":
-        return "!" + render(node[1], top=False)
-    text = render(node[1], top=False) + node[0] + render(node[2], top=False)
-    return text if top else f"({text})"
+def apply_op(op: str, a: list[bool], b: list[bool]) -> list[bool]:
+    """The positionwise `a op b`."""
+    return [_APPLY[op](x, y) for x, y in zip(a, b)]
 
 
-def reduce_once(node: Node) -> Node:
-    """Apply the leftmost operator whose operands are all literals."""
-    if node[0] == "!":
-        child = node[1]
-        return (not child) if isinstance(child, bool) else ("!", reduce_once(child))
-    op, left, right = node
-    if isinstance(left, bool) and isinstance(right, bool):
-        return _APPLY[op](left, right)
-    if not isinstance(left, bool):
-        return (op, reduce_once(left), right)
-    return (op, left, reduce_once(right))
-
-
-def bool_trace(node: Node) -> tuple[str, str]:
-    """(trace, answer) for an expression that has at least one operator."""
-    steps = []
-    while not isinstance(node, bool):
-        node = reduce_once(node)
-        steps.append(render(node))
-    return "=".join(steps), render(node)
+def bool_trace(operands: list[list[bool]], ops: list[str]) -> tuple[str, str]:
+    """(trace, answer) for `operands[0] ops[0] operands[1] ...`, evaluated left to right."""
+    value, steps = operands[0], []
+    for op, nxt in zip(ops, operands[1:]):
+        new = apply_op(op, value, nxt)
+        steps.append(" ".join(f"{render([x])}{op}{render([y])}={render([z])}" for x, y, z in zip(value, nxt, new)))
+        value = new
+    return ", ".join(steps), render(value)
 
 
 class BoolTask(SyntheticTask):
     name = "bool"
-    answer_type = "T/F"
-    verifier = "bool"
-    description = "evaluate a boolean expression"
+    answer_type = "T/F string"
+    verifier = "exact"
+    description = "bitwise logic on T/F strings (and, or, xor, xnor)"
 
     def generate(self, rng: random.Random, level: int) -> tuple[str, str, str]:
-        expr = random_expr(rng, rng.randint(*OPERATORS[level]))
-        trace, answer = bool_trace(expr)
-        return render(expr), answer, trace
+        width = rng.randint(*LENGTHS[level])
+        k = rng.randint(*OPERANDS[level])
+        operands = [[rng.random() < 0.5 for _ in range(width)] for _ in range(k)]
+        ops = [rng.choice(OPERATORS[level]) for _ in range(k - 1)]
+        trace, answer = bool_trace(operands, ops)
+        problem = render(operands[0]) + "".join(op + render(v) for op, v in zip(ops, operands[1:]))
+        return problem, answer, trace

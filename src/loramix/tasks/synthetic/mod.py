@@ -1,4 +1,6 @@
-"""`mod`: the remainder of a multi-digit number by a small modulus. The trace is Horner's rule,
+"""`mod`: the remainder of a multi-digit number by a small modulus (2-9 at easy, 7-11 at medium
+over the same number of digits: the base pretrained on easy has never divided by 10 or 11, and
+those remainder tables are the medium skill). The trace is Horner's rule,
 most-significant digit first, one `value%m=remainder` per digit:
 
     mod: 4837%7
@@ -11,8 +13,8 @@ import random
 
 from loramix.tasks.synthetic.base import SyntheticTask
 
-DIGITS = {1: (2, 3), 2: (3, 5), 3: (5, 7)}
-MODULI = {1: (2, 9), 2: (3, 12), 3: (7, 19)}
+DIGITS = {1: (2, 3), 2: (2, 3), 3: (5, 7)}
+MODULI = {1: (2, 9), 2: (7, 11), 3: (7, 19)}
 
 
 def mod_trace(x: int, m: int) -> str:

@@ -1,5 +1,6 @@
-"""`sort`: sort a list of numbers ascending. The trace is insertion sort, one sorted prefix per
-step, separated by `|`:
+"""`sort`: sort a list of numbers ascending (single digits at easy and medium, up to 99 at hard;
+easy lists have 3-5 items, medium 5-7, so the base pretrained on easy has never sorted 6 or 7).
+The trace is insertion sort, one sorted prefix per step, separated by `|`:
 
     sort: 52 7 31 9
     <think>7 52|7 31 52|7 9 31 52</think>
@@ -12,8 +13,8 @@ import random
 
 from loramix.tasks.synthetic.base import SyntheticTask
 
-SIZES = {1: (3, 4), 2: (5, 6), 3: (6, 8)}
-MAX_VALUE = {1: 99, 2: 99, 3: 999}
+SIZES = {1: (3, 5), 2: (5, 7), 3: (6, 8)}
+MAX_VALUE = {1: 9, 2: 9, 3: 99}
 
 
 def sort_trace(values: list[int]) -> str:

@@ -1,0 +1,253 @@
+"""Mixed-domain prompts: two sub-questions from two domains in one prompt, answered by one JSON
+object with a named key per domain (the paper's merged GSM8K+BoolQ template, here for any two
+tasks). The order of the two parts is drawn per example from the seed, as the authors do::
+
+    prompt     = {prompt_first}{prompt_second}keys: {first}_answer {second}_answer\\n
+    completion = <think>{reasoning_first};{reasoning_second}</think>
+                 {"{first}_answer": "...", "{second}_answer": "..."}
+
+for example::
+
+    add: 482+739
+    bool: (T&F)|!(F^T)
+    keys: add_answer bool_answer
+    <think>...;...</think>
+    {"add_answer": "1221", "bool_answer": "F"}
+
+A mixed prompt is correct only when both keys hold answers that pass their own task's checker.
+A pair is named ``"a+b"`` whatever the order inside each prompt.
+
+``token_segments`` says which sub-question each token of a prompt and completion belongs to, the
+ground truth of the ``segment`` routing (segment oracle) and of the routing analysis:
+the prompt's lines belong to their part; in the ``keys:`` line and after ``</think>`` a character
+belongs to the part whose key was written last (the first part's before any key); inside
+``<think>`` the characters up to the ``;`` belong to the first part and the rest to the second.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from loramix.errors import LoramixError
+from loramix.tasks.format import THINK_CLOSE, THINK_OPEN, format_completion, has_think, json_objects
+
+MIXED_SEP = "+"  # "add+sort" names a mixed pair
+THINK_SEP = ";"  # between the two parts' reasoning (no synthetic trace uses it)
+KEYS_PREFIX = "keys: "
+
+
+def answer_key(task_name: str) -> str:
+    """The JSON key of a task's answer in a mixed completion: ``add`` -> ``add_answer``."""
+    return f"{task_name}_answer"
+
+
+def _task(task):
+    from loramix.tasks.registry import get_task
+
+    return get_task(task) if isinstance(task, str) else task
+
+
+@dataclass(frozen=True)
+class MixedExample:
+    """Two tasks' examples in one prompt. ``a`` and ``b`` follow the pair's name (``a+b``);
+    ``order`` gives the parts as they stand in the prompt. ``answer`` is the JSON of both gold
+    answers under their keys, so training code treats a mixed example like any other."""
+
+    prompt: str
+    a: Any  # loramix.tasks.Example
+    b: Any
+    task: str  # "task_a+task_b"
+    swapped: bool = False  # True: b's sub-question comes first
+
+    @property
+    def order(self) -> tuple:
+        return (self.b, self.a) if self.swapped else (self.a, self.b)
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return tuple(answer_key(p.task) for p in self.order)  # type: ignore[return-value]
+
+    @property
+    def answer(self) -> str:
+        return json.dumps({answer_key(p.task): p.answer for p in self.order})
+
+    @property
+    def reasoning(self) -> str:
+        first, second = self.order
+        return f"{first.reasoning or ''}{THINK_SEP}{second.reasoning or ''}"
+
+    @property
+    def parts(self) -> tuple:
+        return (self.a, self.b)
+
+    @property
+    def meta(self) -> dict:
+        return {"swapped": self.swapped}
+
+
+def mixed_prompt(first, second) -> str:
+    """The merged prompt of two examples, in this order."""
+    return f"{first.prompt}{second.prompt}{KEYS_PREFIX}{answer_key(first.task)} {answer_key(second.task)}\n"
+
+
+def mixed_examples(task_a, task_b, split: str = "test", n: int = 100, seed: int = 0,
+                   difficulty: str | int = "hard") -> list[MixedExample]:
+    """``n`` mixed prompts pairing the i-th example of ``task_a`` with the i-th of ``task_b``
+    (``task_b`` drawn with ``seed + 1``); which part comes first is drawn from ``seed``."""
+    ta, tb = _task(task_a), _task(task_b)
+    if ta.name == tb.name:
+        raise LoramixError(f"mixed pair {ta.name}{MIXED_SEP}{tb.name}: a mixed prompt needs two different tasks")
+    xs = ta.examples(split, n, seed=seed, difficulty=difficulty)
+    ys = tb.examples(split, n, seed=seed + 1, difficulty=difficulty)
+    rng = random.Random(f"mixed|{ta.name}|{tb.name}|{split}|{seed}")
+    name = f"{ta.name}{MIXED_SEP}{tb.name}"
+    out = []
+    for x, y in zip(xs, ys):
+        swapped = rng.random() < 0.5
+        out.append(MixedExample(mixed_prompt(*((y, x) if swapped else (x, y))), x, y, name, swapped))
+    return out
+
+
+def mixed_reference_completion(ex: MixedExample) -> str:
+    """``<think>{r_first};{r_second}</think>\\n{"first_answer": ..., "second_answer": ...}``."""
+    return f"{THINK_OPEN}{ex.reasoning}{THINK_CLOSE}\n{ex.answer}"
+
+
+def mixed_answers(completion: str, keys: Sequence[str]) -> tuple[str | None, ...]:
+    """The value of each key: from the last JSON object holding it after the last ``</think>``,
+    else anywhere in the completion. None where absent or null."""
+    tail = completion.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in completion else None
+    out: list[str | None] = []
+    for key in keys:
+        value = None
+        for text in (tail, completion):
+            if text is None:
+                continue
+            objs = [o for o in json_objects(text) if key in o]
+            if objs:
+                value = objs[-1][key]
+                break
+        out.append(None if value is None else value.strip() if isinstance(value, str) else json.dumps(value))
+    return tuple(out)
+
+
+# --- which part each character belongs to --------------------------------------------------------
+
+
+def _keyed_labels(text: str, keys: Sequence[str], start: int) -> list[int]:
+    """Per character: the index (in ``keys``) of the key written last up to and including it;
+    ``start`` before any."""
+    labels, current = [], start
+    for i in range(len(text)):
+        for j, key in enumerate(keys):
+            if text.endswith(key, 0, i + 1):
+                current = j
+        labels.append(current)
+    return labels
+
+
+def segment_at(completion: str, i: int, keys: Sequence[str]) -> int:
+    """The part (0: the prompt's first, 1: its second) of character ``i`` of a (possibly
+    unfinished) mixed completion: inside ``<think>`` the ``;`` opens the second part's reasoning;
+    after ``</think>`` the key written last up to ``i`` decides (the think block's last part
+    before any key)."""
+    close = completion.find(THINK_CLOSE)
+    end = len(completion) if close < 0 else close + len(THINK_CLOSE)
+    sep = completion.find(THINK_SEP, 0, end)
+    if i < end:
+        return 0 if sep < 0 or i < sep else 1
+    last, part = -1, 0 if sep < 0 else 1
+    for j, key in enumerate(keys):
+        at = completion.rfind(key, end, i + 1)
+        if at >= 0 and at + len(key) > last:
+            last, part = at + len(key), j
+    return part
+
+
+def completion_segments(completion: str, keys: Sequence[str]) -> list[int]:
+    """``segment_at`` for every character of ``completion``."""
+    return [segment_at(completion, i, keys) for i in range(len(completion))]
+
+
+def prompt_segments(ex: MixedExample) -> list[int]:
+    """For each character of ``ex.prompt``: 0 for the first part, 1 for the second."""
+    first, second = ex.order
+    keys_line = ex.prompt[len(first.prompt) + len(second.prompt):]
+    return [0] * len(first.prompt) + [1] * len(second.prompt) + _keyed_labels(keys_line, ex.keys, 0)
+
+
+def token_spans(tokenizer, ids: Sequence[int]) -> list[tuple[int, int]]:
+    """The character span of each token in the decoding of ``ids`` (by incremental decoding, so
+    it works for any tokenizer); a token that decodes to nothing gets an empty span."""
+    spans, end = [], 0
+    text = ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=True)
+        spans.append((end, max(end, len(text))))
+        end = max(end, len(text))
+    return spans
+
+
+def labels_to_tokens(char_labels: Sequence[int], spans: Sequence[tuple[int, int]], default: int = 0) -> list[int]:
+    """A token's part is the part of its first character (``default`` for an empty span)."""
+    out, last = [], default
+    for s, e in spans:
+        if e > s and s < len(char_labels):
+            last = char_labels[s]
+        out.append(last)
+    return out
+
+
+class MixedTask:
+    """Two tasks answered in one completion; each part is checked by its own task."""
+
+    def __init__(self, task_a, task_b):
+        self.task_a, self.task_b = _task(task_a), _task(task_b)
+        if self.task_a.name == self.task_b.name:
+            raise LoramixError(f"mixed pair {self.task_a.name}{MIXED_SEP}{self.task_b.name}: "
+                               "a mixed prompt needs two different tasks")
+        self.name = f"{self.task_a.name}{MIXED_SEP}{self.task_b.name}"
+        self.parts = (self.task_a, self.task_b)
+        self.keys = (answer_key(self.task_a.name), answer_key(self.task_b.name))
+
+    def examples(self, split: str = "test", n: int | None = 100, *, seed: int = 0,
+                 difficulty: str | int = "hard") -> list[MixedExample]:
+        return mixed_examples(self.task_a, self.task_b, split, 100 if n is None else n, seed, difficulty)
+
+    def reference_completion(self, ex: MixedExample) -> str:
+        return mixed_reference_completion(ex)
+
+    def answers(self, completion: str) -> tuple[str | None, str | None]:
+        """(answer of a, answer of b), read from their keys."""
+        return mixed_answers(completion, self.keys)  # type: ignore[return-value]
+
+    def part_correct(self, completion: str, ex: MixedExample) -> tuple[bool, bool]:
+        return tuple(  # type: ignore[return-value]
+            ans is not None and task.is_correct(format_completion(None, ans), part)
+            for task, part, ans in zip(self.parts, ex.parts, self.answers(completion)))
+
+    def is_correct(self, completion: str, ex: MixedExample) -> bool:
+        return all(self.part_correct(completion, ex))
+
+    def is_formatted(self, completion: str) -> bool:
+        """A think block and one JSON object holding both keys."""
+        tail = completion.rsplit(THINK_CLOSE, 1)[-1]
+        return has_think(completion) and any(all(k in o for k in self.keys) for o in json_objects(tail))
+
+
+def resolve_task(name: str):
+    """A task by name; ``"a+b"`` gives the ``MixedTask`` of a and b."""
+    if MIXED_SEP in name:
+        parts = name.split(MIXED_SEP)
+        if len(parts) != 2 or not all(parts):
+            raise LoramixError(f"mixed task {name!r}: expected two task names joined by '{MIXED_SEP}'")
+        return MixedTask(*parts)
+    return _task(name)
+
+
+__all__ = ["KEYS_PREFIX", "MIXED_SEP", "MixedExample", "MixedTask", "THINK_SEP", "answer_key", "completion_segments", "segment_at",
+           "labels_to_tokens", "mixed_answers", "mixed_examples", "mixed_prompt", "mixed_reference_completion",
+           "prompt_segments", "resolve_task", "token_spans"]
