@@ -50,8 +50,8 @@ from loramix.loading import load_base_model
 from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture
 from loramix.tasks.format import has_json_answer, has_think
 from loramix.tasks.mixed import (MIXED_SEP, MixedExample, MixedTask, completion_segments, labels_to_tokens,
-                                 mixed_answers, mixed_examples, mixed_reference_completion, prompt_segments,
-                                 resolve_task, segment_at, token_spans)
+                                 mixed_answers, mixed_examples, mixed_reference_completion,
+                                 prompt_token_segments, resolve_task, segment_at, token_spans)
 
 ROUTING_MODES = ("model", "oracle", "prompt", "segment")
 METRICS = ("accuracy", "format_rate", "mean_length")
@@ -173,8 +173,7 @@ class _SegmentRouting:
         ids = self.tok(ex.prompt, add_special_tokens=False)["input_ids"]
         if not isinstance(ex, MixedExample):
             return [parts[0]] * len(ids)
-        labels = labels_to_tokens(prompt_segments(ex), token_spans(self.tok, ids))
-        return [parts[j] for j in labels]
+        return [parts[j] for j in prompt_token_segments(ex, self.tok, ids)]
 
     def for_batch(self, idx: list[int]):
         """The ``assign(input_ids)`` of ``MixtureModel.route_tokens`` for one left-padded batch
@@ -493,7 +492,7 @@ def _token_task_fn(task, examples, tokenizer):
     def fn(example: int, n_prompt: int, token_ids: list[int]) -> list[str | None]:
         ex = examples[example]
         names = [p.task for p in ex.order]
-        prompt = labels_to_tokens(prompt_segments(ex), token_spans(tokenizer, token_ids[:n_prompt]))
+        prompt = prompt_token_segments(ex, tokenizer, token_ids[:n_prompt])
         completion_ids = token_ids[n_prompt:]
         text = tokenizer.decode(completion_ids, skip_special_tokens=True)
         completion = labels_to_tokens(completion_segments(text, ex.keys), token_spans(tokenizer, completion_ids),

@@ -142,6 +142,10 @@ class Pipeline:
             if isinstance(saved, dict) else {}
 
     def want(self, family: str) -> bool:
+        """Whether the recipe asks for ``family``; the fair prompt router also needs the hard mixture
+        it is built from."""
+        if family == "prompt_router_fair" and "mor_lora_hard" not in self.families:
+            return False
         return family in self.families
 
     def path(self, *parts: str) -> Path:
@@ -244,7 +248,7 @@ class Pipeline:
         # plain: a fixed router over the experts; fair: the hard mixture (same experts, same attention
         # LoRA trained on the same traces) with one decision per sequence instead of per token
         for name in PROMPT_ROUTERS:
-            if not self.want(name) or (name == "prompt_router_fair" and not self.want("mor_lora_hard")):
+            if not self.want(name):
                 continue
             for (run, seed), (hard, _) in zip(self.runs_of(name), self.runs_of("mor_lora_hard")):
                 if not self.path("methods", run).exists():
@@ -283,7 +287,7 @@ class Pipeline:
             if self.want("expert_sft"):
                 paths[f"expert_sft:{task}"] = self.path("experts", "sft", task)
         for name in (*MIXTURE_METHODS, *ADAPTER_METHODS):
-            if self.want(name) and (name != "prompt_router_fair" or self.want("mor_lora_hard")):
+            if self.want(name):
                 for run, _ in self.runs_of(name):
                     paths[run] = self.path("methods", run)
         return paths
@@ -343,9 +347,7 @@ class Pipeline:
         """Every (method, seed) run scored on mixed prompts."""
         out = []
         for name in MIXED_METHODS:
-            if not self.want(name) or (name == "prompt_router_fair" and not self.want("mor_lora_hard")):
-                continue
-            if name == "segment_oracle" and not (self.want("oracle") or self.want("segment_oracle")):
+            if not self.want(name):
                 continue
             runs = [run for run, _ in self.runs_of(name)]
             out += runs if name in MIXED_ALL_SEEDS else runs[:1]

@@ -17,7 +17,8 @@ for example::
 A mixed prompt is correct only when both keys hold answers that pass their own task's checker.
 A pair is named ``"a+b"`` whatever the order inside each prompt.
 
-``token_segments`` says which sub-question each token of a prompt and completion belongs to, the
+``prompt_segments``, ``segment_at`` and ``completion_segments`` say which sub-question each character
+of a prompt and completion belongs to (``prompt_token_segments`` per token), the
 ground truth of the ``segment`` routing (segment oracle) and of the routing analysis:
 the prompt's lines belong to their part; in the ``keys:`` line and after ``</think>`` a character
 belongs to the part whose key was written last (the first part's before any key); inside
@@ -201,6 +202,11 @@ def labels_to_tokens(char_labels: Sequence[int], spans: Sequence[tuple[int, int]
     return out
 
 
+def prompt_token_segments(ex: MixedExample, tokenizer, ids: Sequence[int]) -> list[int]:
+    """The part (0 or 1) of each token of ``ex.prompt``, given as token ``ids``."""
+    return labels_to_tokens(prompt_segments(ex), token_spans(tokenizer, ids))
+
+
 class MixedTask:
     """Two tasks answered in one completion; each part is checked by its own task."""
 
@@ -248,6 +254,6 @@ def resolve_task(name: str):
     return _task(name)
 
 
-__all__ = ["KEYS_PREFIX", "MIXED_SEP", "MixedExample", "MixedTask", "THINK_SEP", "answer_key", "completion_segments", "segment_at",
+__all__ = ["KEYS_PREFIX", "MIXED_SEP", "MixedExample", "MixedTask", "THINK_SEP", "answer_key", "completion_segments",
            "labels_to_tokens", "mixed_answers", "mixed_examples", "mixed_prompt", "mixed_reference_completion",
-           "prompt_segments", "resolve_task", "token_spans"]
+           "prompt_segments", "prompt_token_segments", "resolve_task", "segment_at", "token_spans"]
