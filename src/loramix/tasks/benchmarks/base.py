@@ -1,6 +1,8 @@
-"""`BenchmarkTask`: a real benchmark read from a local file or `save_to_disk` folder in its raw
-field layout. Subclasses implement `from_row`. Pass the data with `get_task(name, path=...)`;
-`examples(split)` uses `split` only to pick a split out of a `DatasetDict` folder."""
+"""`BenchmarkTask`: a real benchmark read from a local file or `save_to_disk` folder in one of its
+published layouts (the Hugging Face export and the original release). Subclasses implement
+`from_row`, which tells the layouts apart by each row's fields. Pass the data with
+`get_task(name, path=...)`; `examples(split)` uses `split` only to pick a split out of a
+`DatasetDict` folder."""
 
 from __future__ import annotations
 
@@ -20,10 +22,17 @@ def letters(n: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(n)]
 
 
+def one_line(text: str) -> str:
+    """`text` with runs of whitespace (newlines included) made one space and the ends stripped, so
+    an option or sentence is one clean line of the prompt."""
+    return " ".join(text.split())
+
+
 class BenchmarkTask(Task):
     kind = "benchmark"
     paper_split: str = "test"  # the split the paper evaluates on
     paper_size: int = 0  # its number of rows
+    tsv_columns: tuple[str, ...] | None = None  # the columns of a header-less TSV release
 
     def __init__(self, path: str | Path | None = None, reward_config: RewardConfig | None = None):
         super().__init__(reward_config)
@@ -36,7 +45,7 @@ class BenchmarkTask(Task):
 
     def load(self, path: str | Path, split: str | None = None) -> list[Example]:
         out = []
-        for where, row in read_rows(path, split or self.paper_split):
+        for where, row in read_rows(path, split or self.paper_split, tsv_columns=self.tsv_columns):
             ex = self.from_row(row, path, where)
             out.append(Example(ex.prompt, ex.answer, ex.reasoning, self.name, {"where": where}))
         return out
