@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 from loramix.errors import LoramixError
 from loramix.tasks import RewardConfig, extract_answer, format_completion, get_task, has_think, score
 from loramix.tasks.base import Example
-from loramix.tasks.format import json_objects
+from loramix.tasks.format import (has_json_answer, is_empty_answer, json_objects, locate_answer,
+                                  think_before_answer)
 
 
 @pytest.mark.parametrize("completion, expected", [
@@ -94,7 +95,7 @@ def test_reward_config_is_configurable():
     ('{"answer": "5"}', False, -1.0, -1.0),  # wrong + json, no think
     ("<think>x</think>5", False, -0.9, -0.9),  # wrong + think, no json
     ("5", False, -1.1, -1.1),  # wrong, bare
-    ('<think>x</think>{"answer": null}', False, -0.9, -0.9),  # a null answer is no JSON answer
+    ('<think>x</think>{"answer": null}', False, -1.1, -1.1),  # a null answer is no answer: no bonus
 ])
 def test_reward_bonus_rules(completion, correct, exclusive, both):
     """`exclusive` (default) is the authors' lora_offline/reward.py: think bonus, else json-on-wrong;
@@ -111,3 +112,63 @@ def test_reward_bonus_rule_is_validated():
     task = get_task("add", reward_config=RewardConfig(bonuses="both"))
     assert task.reward('<think>x</think>{"answer": "5"}', EX) == pytest.approx(-0.8)
     assert get_task("add").reward('<think>x</think>{"answer": "5"}', EX) == pytest.approx(-0.9)
+
+
+@pytest.mark.parametrize("completion, text, start, from_json", [
+    ('<think>x</think>\n{"answer": "4"}', "4", 17, True),
+    ('{"answer": "4"}<think>x</think>', "4", 0, True),  # no JSON after </think>: found anywhere
+    ('<think>{"answer": "9"}</think>', "9", 7, True),
+    ("<think>x</think> answer: 5", "5", 17, False),  # rule 3: where the match starts
+    ("<think>x</think>\n5", "5", 16, False),  # rule 4: the text after the last </think>
+    ('<think>x</think>{"answer": null}', None, 16, True),
+])
+def test_locate_answer(completion, text, start, from_json):
+    found = locate_answer(completion)
+    assert (found.text, found.start, found.from_json) == (text, start, from_json)
+    assert extract_answer(completion) == text
+    assert locate_answer("") is None
+
+
+@pytest.mark.parametrize("text, empty", [
+    (None, True), ("", True), ("   ", True), ("[]", True), ("{}", True), ('[""]', True), ("[ , ]", True),
+    ("0", False), ("false", False), ("[3]", False), ("a", False), (".", False),
+])
+def test_is_empty_answer(text, empty):
+    assert is_empty_answer(text) is empty
+
+
+@pytest.mark.parametrize("completion, think, json_answer", [
+    ('<think>x</think>{"answer": "5"}', True, True),
+    ('{"answer": "5"}<think>x</think>', False, True),  # think after the answer
+    ('{"answer": "5"}\n<think>x</think>\n', False, True),
+    ('<think>x {"answer": "5"}</think>', False, True),  # the answer inside the think block
+    ("<think>the answer is 5</think>", False, False),  # rule 3 inside the think block
+    ('</think><think>x</think>{"answer": "5"}', True, True),  # the first <think> then the next </think>
+    ("<think>x</think>\n5", True, False),  # a plain answer after the think block
+    ("<think>x</think>", False, False),  # no answer at all
+    ('<think>x</think>{"answer": ""}', False, False), ('<think>x</think>{"answer": "  "}', False, False),
+    ('<think>x</think>{"answer": []}', False, False), ('<think>x</think>{"answer": {}}', False, False),
+    ('<think>x</think>{"answer": 0}', True, True), ('<think>x</think>{"answer": false}', True, True),
+])
+def test_format_bonus_predicates(completion, think, json_answer):
+    assert think_before_answer(completion) is think
+    assert has_json_answer(completion) is json_answer
+
+
+@pytest.mark.parametrize("completion, exclusive, both", [
+    ('{"answer": "5"}<think>x</think>', -1.0, -1.0),  # think after the answer: no think bonus
+    ('{"answer": "4"}<think>x</think>', 1.0, 1.0),  # ...correct or not
+    ('<think>x {"answer": "4"}</think>', 1.0, 1.0),  # answer inside the think block
+    ('<think>x</think>{"answer": ""}', -1.1, -1.1),  # empty answers earn no bonus, think or JSON
+    ('<think>x</think>{"answer": "   "}', -1.1, -1.1),
+    ('<think>x</think>{"answer": []}', -1.1, -1.1),
+    ('{"answer": ""}', -1.1, -1.1),
+    ("<think>x</think>", -1.1, -1.1),  # no answer at all
+    ('<think>x</think>{"answer": "5"}', -0.9, -0.8),  # the ordinary cases are unchanged
+    ('<think>x</think>{"answer": "4"}', 1.2, 1.2),
+])
+def test_reward_edge_cases(completion, exclusive, both):
+    """Issue 17: think bonus only before the answer, no bonus for an empty answer (gold is 4)."""
+    assert get_task("add").reward(completion, EX) == pytest.approx(exclusive)
+    both_task = get_task("add", reward_config=RewardConfig(bonuses="both"))
+    assert both_task.reward(completion, EX) == pytest.approx(both)

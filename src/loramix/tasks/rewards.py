@@ -5,8 +5,8 @@
 |---------------------------------------------------------------------|---------|
 | correct                                                             | +1.0    |
 | wrong                                                               | -1.1    |
-| `<think>...</think>` present, in order                              | +0.2    |
-| wrong, a JSON answer present (by default: and no think bonus paid)  | +0.1    |
+| `<think>...</think>` closed before a non-empty answer               | +0.2    |
+| wrong, a non-empty JSON answer (by default: and no think bonus paid)| +0.1    |
 
 How the two bonuses combine is `RewardConfig.bonuses`:
 
@@ -20,17 +20,18 @@ sar-molavi/hard-routed-mor-lora (`if has_think_tags: bonus = bonus_think; elif n
 has_json: bonus = bonus_json_on_wrong; else: bonus = 0.0`). Under either rule the best score is 1.2
 (correct, with a think block) and the worst -1.1 (wrong, neither).
 
-Detection differs from the authors' code in two edge cases, kept on purpose:
+Detection is stricter than the authors' code, on purpose: the bonuses reward the prompted format
+(think, then `{"answer": ...}`), and on completions in that format the two agree.
 
-* "has JSON" is `format.has_json_answer`: some JSON object carries a non-null `"answer"`. The
+* "has JSON" is `format.has_json_answer`: the answer `extract_answer` reads comes from a JSON
+  object's `"answer"` field and is not empty (`""`, whitespace, `[]`, `{}`, null earn nothing). The
   authors test whether any JSON object or array at all parses (`extract_last_json(...) is not
-  None`), so `{}` or `[1]` would earn their bonus. loramix keeps the stricter test because the
-  bonus is meant to reward the answer format (`{"answer": ...}`), and the same predicate decides
-  which answer `extract_answer` reads; on completions in the prompted format
-  (`{"answer": "..."}`) the two agree.
-* "has think" is `format.has_think`: a `<think>` followed later by a `</think>`. The authors
-  compare the first `<think>` with the first `</think>`, so `</think><think>x</think>` earns the
-  bonus here but not there.
+  None`), so `{}`, `[1]` or `{"answer": ""}` would earn their bonus.
+* "has think" is `format.think_before_answer`: the first `<think>` and the next `</think>` close
+  before the answer starts (before its JSON object), and the answer is not empty. The authors
+  compare the first `<think>` with the first `</think>` wherever the answer stands, so
+  `{"answer": "5"}<think>x</think>` earns their think bonus but not this one, and
+  `</think><think>x</think>{"answer": "5"}` earns this one but not theirs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from loramix.errors import LoramixError
-from loramix.tasks.format import has_json_answer, has_think
+from loramix.tasks.format import has_json_answer, think_before_answer
 
 RewardFn = Callable[..., list[float]]
 
@@ -70,7 +71,7 @@ class RewardConfig:
 def score(completion: str, correct: bool, config: RewardConfig = RewardConfig()) -> float:
     """The reward of `completion`, given whether its answer is correct."""
     r = config.correct if correct else config.wrong
-    think = has_think(completion)
+    think = think_before_answer(completion)
     if think:
         r += config.think
     if not correct and (config.bonuses == "both" or not think) and has_json_answer(completion):

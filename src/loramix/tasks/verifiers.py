@@ -2,13 +2,16 @@
 
 - `exact`: equal after stripping surrounding whitespace.
 - `text`: equal after lower-casing and collapsing whitespace.
-- `list`: equal as sequences of items split on commas/whitespace (`1, 2,3` == `1 2 3`).
+- `list`: equal as sequences of items split on commas/whitespace (`1, 2,3` == `1 2 3`); a final period,
+  surrounding brackets and quotes around items are ignored (`3 7.` and `["3", "7"]` read as `3 7`).
 - `letter`: option letters, case-insensitive; `B`, `(B)`, `B.`, `B) text`, `option B` all read as B.
 - `bool`: true/false; `True`, `yes`, `T`, `1` all read as true.
 - `binary`: 0/1 labels; `acceptable`/`true`/`yes` read as 1, `unacceptable`/`false`/`no` as 0.
 - `integer`: plain numbers only, with `math`'s normalisation (used by the synthetic domains).
-- `math` (alias `number`): numbers; strips `#### `, `$`, thousands commas and trailing units, compares plain numbers
-  exactly (fast path), and hands anything else (fractions, LaTeX) to math-verify.
+- `math` (alias `number`): numbers; strips `#### `, `$`, thousands commas and a trailing unit from `UNITS`
+  (`18 dollars`, `5 km/h`), compares plain numbers exactly (fast path), and hands anything else (fractions,
+  LaTeX) to math-verify, except a prediction still holding a word (other than LaTeX and `sqrt`/`pi`-style
+  names), which is wrong: math-verify reads the last number of any prose (`1221 is not the answer` as 1221).
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def text(pred: str | None, gold: str) -> bool:
 
 
 def _items(s: str) -> list[str]:
-    return [t for t in re.split(r"[\s,;]+", s.strip().strip("[]()")) if t]
+    """`3 7 31 52.`, `[3, 7, 31, 52]` and `["3", "7", "31", "52"]` all -> ["3", "7", "31", "52"]."""
+    body = s.strip().rstrip(".").strip().strip("[]()")
+    return [t for t in (t.strip("\"'") for t in re.split(r"[\s,;]+", body)) if t]
 
 
 @register_verifier("list")
@@ -118,19 +123,49 @@ def binary(pred: str | None, gold: str) -> bool:
     return p is not None and p == normalize_binary(gold)
 
 
-_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-_NUMBER_WITH_UNIT = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:%|[A-Za-z][A-Za-z .]*)?")
+# Units a numeric answer may carry after the number (GSM8K-style currency and measures). Anything
+# else after the number makes it a different answer: `1221 is not the answer` is not 1221.
+UNITS = frozenset("""
+    dollar dollars usd cent cents euro euros pound pounds pence yen peso pesos rupee rupees
+    second seconds sec secs minute minutes min mins hour hours hr hrs day days week weeks month months
+    year years
+    mile miles km kilometer kilometers kilometre kilometres m meter meters metre metres cm centimeter
+    centimeters mm millimeter millimeters foot feet ft inch inches yard yards yd yds
+    kg kilogram kilograms g gram grams lb lbs ounce ounces oz ton tons tonne tonnes
+    l liter liters litre litres ml milliliter milliliters gallon gallons gal cup cups quart quarts pint pints
+    h mph kph kmh degree degrees calorie calories percent %
+""".split())
+_MATH_WORDS = frozenset("sqrt pi inf infinity ln log exp sin cos tan".split())
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_UNIT = "(?:" + "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True)) + r")(?![A-Za-z])"
+_UNIT_PHRASE = (rf"(?:(?:sq\.?|square|cubic)\s+)?{_UNIT}(?:\s+old)?"  # 5 square feet, 7 years old
+                rf"(?:\s*(?:/|\bper\b|\ban?\b)\s*{_UNIT})?"  # 18 dollars per hour, 5 km/h
+                rf"|(?:/|\bper\b|\ban?\b)\s*{_UNIT}")  # $9 an hour, $9/hour
+_PLAIN_NUMBER = re.compile(_NUMBER)
+_NUMBER_WITH_UNIT = re.compile(rf"({_NUMBER})\s*(?:{_UNIT_PHRASE})?", re.IGNORECASE)
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|mbox|textrm)\s*\{([^{}]*)\}")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 def normalize_number(s: str) -> str:
-    """Strip `#### `, currency signs, thousands commas, a trailing unit word and a final period."""
+    """Strip `#### `, currency signs, thousands commas, a final period and a trailing unit from
+    `UNITS` (`18 dollars` -> `18`); other trailing words are kept (`12 apples` stays)."""
     s = s.strip().replace("\u2212", "-")
     s = s.removeprefix("####").strip()
-    s = re.sub(r"[$\u20ac\u00a3]", "", s)
+    s = _LATEX_TEXT.sub(r" \1 ", s)  # 18\text{ dollars} -> 18 dollars
+    s = re.sub(r"\\?[$\u20ac\u00a3]", "", s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
     s = s.rstrip(".").strip()
     m = _NUMBER_WITH_UNIT.fullmatch(s)
     return m.group(1) if m else s
+
+
+def has_prose(s: str) -> bool:
+    """True when `s` holds a word (2+ letters, outside LaTeX commands) that is not a math name
+    (`sqrt`, `pi`, ...). Such a prediction is not math-verify's to judge: it reads the last number of
+    any prose (`18 hours 30 minutes` as 30). Units count only right after a lone number (`normalize_number`)."""
+    return any(w.lower() not in _MATH_WORDS for w in _WORD.findall(_LATEX_COMMAND.sub(" ", s)))
 
 
 def _plain_decimal(s: str) -> Decimal | None:
@@ -152,7 +187,7 @@ def math(pred: str | None, gold: str) -> bool:
     pd, gd = _plain_decimal(p), _plain_decimal(g)
     if pd is not None and gd is not None:
         return pd == gd
-    return _math_verify(g, p)
+    return not has_prose(p) and _math_verify(g, p)
 
 
 register_verifier("number", math)

@@ -7,6 +7,12 @@
 Easy uses shifts 1-3 only; medium draws shifts 2-7 over the same word lengths, hard 1-13 over
 longer words. A base pretrained on easy has never applied shifts 4-7: those letter tables are the
 medium skill (facts a LoRA on the MLP learns quickly), not longer alignment.
+
+Answers are compared case-insensitively by default (the `text` verifier), as the MoR-LoRA authors'
+reward does (`pred.strip().lower() == gold.strip().lower()`). Gold answers are lower-case only, so
+this cannot make a wrong answer right: a prediction passes only if it spells exactly the shifted
+letters, and case alone carries nothing about the shift. `StringsTask(case_sensitive=True)` (or
+`get_task("strings", case_sensitive=True)`) uses the `exact` verifier instead.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import random
 import string
 
+from loramix.tasks.rewards import RewardConfig
 from loramix.tasks.synthetic.base import SyntheticTask
 
 LENGTHS = {1: (3, 5), 2: (3, 5), 3: (6, 9)}
@@ -31,8 +38,13 @@ def shift_trace(word: str, k: int) -> str:
 class StringsTask(SyntheticTask):
     name = "strings"
     answer_type = "string"
-    verifier = "exact"
+    verifier = "text"  # case-insensitive, the authors' rule; "exact" with case_sensitive=True
     description = "Caesar-shift a lower-case word"
+
+    def __init__(self, reward_config: RewardConfig | None = None, *, case_sensitive: bool = False):
+        super().__init__(reward_config)
+        self.case_sensitive = case_sensitive
+        self.verifier = "exact" if case_sensitive else "text"
 
     def generate(self, rng: random.Random, level: int) -> tuple[str, str, str]:
         word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(*LENGTHS[level])))
