@@ -210,7 +210,8 @@ def test_evaluate_model_on_known_generations():
     mixed = MixedTask("add", "bool")
     for e in mixed.examples("test", 5, seed=0, difficulty="hard"):
         answers[e.prompt] = mixed_reference_completion(e)
-    report = evaluate_model(OracleLM(tok, answers), tok, ["add", "bool", "add+bool"], n=5, batch_size=2)
+    report = evaluate_model(OracleLM(tok, answers), tok, ["add", "bool", "add+bool"], n=5, batch_size=2,
+                            difficulty="hard")
     for name, m in report.per_task.items():
         assert m["accuracy"] == 1.0 and m["format_rate"] == 1.0 and m["finished_rate"] == 1.0, name
     ex = get_task("add").examples("test", 5, seed=0)
@@ -219,7 +220,7 @@ def test_evaluate_model_on_known_generations():
     assert report.per_task["add+bool"]["part_accuracy"] == {"add": 1.0, "bool": 1.0}
     assert report.average["accuracy"] == 1.0
     # the same fake model truncated by max_new_tokens: answers cut off, so nothing is right
-    short = evaluate_model(OracleLM(tok, answers), tok, ["add"], n=5, max_new_tokens=10)
+    short = evaluate_model(OracleLM(tok, answers), tok, ["add"], n=5, max_new_tokens=10, difficulty="hard")
     assert short.per_task["add"]["accuracy"] == 0.0 and short.per_task["add"]["format_rate"] == 0.0
 
 
@@ -261,7 +262,7 @@ def test_load_and_evaluate_mixture_folder(models):
     report = evaluate_model(model, tok, ["add", "sort"], n=3, max_new_tokens=6, collect_routing=True)
     _check(report, ["add", "sort"], 3)
     rec = report.routing["add"][0]
-    prompt = get_task("add").examples("test", 3, seed=0)[0].prompt
+    prompt = get_task("add").examples("test", 3, seed=0, difficulty=report.config["difficulty"])[0].prompt
     # the record holds exactly the prompt's tokens, then the fed completion tokens: no padding
     assert rec.token_ids[:rec.n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
     completion = report.samples["add"][0]["completion"]

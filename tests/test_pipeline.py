@@ -17,7 +17,7 @@ from loramix.report import END, START, update_readme
 
 from conftest import memorised_base
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml") if "ablation" not in p.stem)
 
 
 def mini_recipe(base: Path, **kw) -> Recipe:
@@ -50,11 +50,11 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     assert on_disk["methods"] == json.loads(json.dumps(report["methods"]))
     expected = {"base", "oracle", "mor_lora_hard", "mor_lora_hard_chosen", "soft", "topk2_norm", "gumbel",
                 "merge_linear", "merge_ties", "merge_dare", "multitask_lora", "prompt_router", "prompt_router_fair",
-                "remix", "mixlora_topk", "single_lora_same_active",
+                "remix", "mixlora_topk", "soft_trainable", "single_lora_same_active",
                 "expert_rl:add", "expert_rl:strings", "expert_sft:add", "expert_sft:strings"}
     assert set(report["methods"]) == expected
     seeded = {"mor_lora_hard", "mor_lora_hard_chosen", "soft", "topk2_norm", "gumbel", "prompt_router",
-              "prompt_router_fair", "remix", "mixlora_topk"}
+              "prompt_router_fair", "remix", "mixlora_topk", "soft_trainable"}
     assert report["n_eval"] == {"add": 3, "strings": 3}
     for name, m in report["methods"].items():
         assert m["seeds"] == (2 if name in seeded else 1), name
@@ -81,7 +81,8 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     assert report["methods"]["mor_lora_hard"]["trainable_parameters"] < report["methods"]["remix"]["trainable_parameters"]
     # the memorised base answers its own training prompts; oracle routing keeps that
     assert report["routing"]["oracle"]["routing_accuracy"] == 1.0
-    for name in ("mor_lora_hard", "soft", "topk2_norm", "gumbel", "remix", "mixlora_topk"):
+    assert report["methods"]["soft_trainable"]["trainable_parameters"] == report["methods"]["remix"]["trainable_parameters"]
+    for name in ("mor_lora_hard", "soft", "topk2_norm", "gumbel", "remix", "mixlora_topk", "soft_trainable"):
         r = report["routing"][name]
         assert 0 < r["mean_max_mass"] <= 1 and r["ess"] >= 1
     assert report["routing"]["remix"]["ess"] == pytest.approx(2.0)  # constant weights over k=2
@@ -98,6 +99,12 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     assert "add: RL expert beats the base by >= 25 points" in names and "mixed pairs evaluated >= 3" in names
     assert next(r for r in report["preconditions"] if r["name"] == "mixed pairs evaluated >= 3")["verdict"] == "not met"
     assert any(r["name"].startswith("ste=full") for r in report["targets"])
+    curves = report["routing_over_training"]  # from each mixture's train_log.json, 3 logged steps
+    for name in ("soft_trainable", "mixlora_topk", "remix"):
+        c = curves[name]
+        assert c["steps"] == [1, 2, 3] and all(1.0 <= w <= m + 1e-6 <= 3.0 + 1e-6
+                                              for w, m in zip(c["ess_q_token_worst"], c["ess_q_token"])), name
+    assert any(r["name"].startswith("soft_trainable collapses") for r in report["targets"])
     assert (run / "report.md").read_text().startswith("# loramix report: mini")
     assert (run / "ess_steps.png").is_file() and (run / "mor_lora_hard_usage.png").is_file()
 

@@ -133,14 +133,19 @@ def test_fresh_experts_shapes_and_zero_b(tiny):
         assert torch.equal(mix(input_ids=ids).logits, ref)  # B = 0: starts equal to the base
 
 
-def test_gradient_paths_are_separated(tiny):
-    """Routers get no gradient through the LoRA path; LoRAs get none from log Q (detached input)."""
-    cfg = ReMixConfig(traces=None, tasks=("x",), n_experts=4, top_k=2, rank=4)
-    mix = build_mixture(copy.deepcopy(tiny[0]), cfg).train()
+def _with_nonzero_experts(mix, std: float):
+    """``mix`` with random B factors (fresh experts start at B = 0, a zero delta)."""
     with torch.no_grad():
         for n, p in mix.named_parameters():
             if "expert_Bt" in n:
-                p.normal_(0, 0.5)
+                p.normal_(0, std)
+    return mix
+
+
+def test_gradient_paths_are_separated(tiny):
+    """Routers get no gradient through the LoRA path; LoRAs get none from log Q (detached input)."""
+    cfg = ReMixConfig(traces=None, tasks=("x",), n_experts=4, top_k=2, rank=4)
+    mix = _with_nonzero_experts(build_mixture(copy.deepcopy(tiny[0]), cfg).train(), 0.5)
     ids = torch.randint(4, 100, (2, 10))
     labels = ids.clone()
     labels[:, :4] = -100
@@ -234,7 +239,8 @@ def test_resume_from_checkpoint(setup):
 
 def test_config_and_data_errors(setup, tmp_path):
     root, base = setup
-    for bad in (dict(top_k=5), dict(samples=1), dict(router="soft"), dict(traces=None), dict(logq_tokens="x")):
+    for bad in (dict(top_k=5), dict(samples=1), dict(router="dense"), dict(traces=None), dict(logq_tokens="x"),
+                dict(logq="bag")):
         with pytest.raises(LoramixError):
             replace(base, **bad).validate()
     f = tmp_path / "t.jsonl"
@@ -242,3 +248,91 @@ def test_config_and_data_errors(setup, tmp_path):
     with pytest.raises(LoramixError, match="line 1: field 'completion' missing"):
         read_traces(f)
     assert read_traces(root / "traces.jsonl")[0] == {"prompt": "q0: ", "completion": "abc0 xyz0"}
+
+
+# --- issue 13: set log Q, the trainable soft mixture, ESS logging, the chunked loss ---------------
+
+
+def test_set_log_prob_is_the_sum_over_orders_and_a_distribution():
+    probs = torch.tensor([0.5, 0.2, 0.2, 0.1])
+    sets = list(itertools.combinations(range(4), 2))
+    idx = torch.tensor(sets)
+    log_set = selection_log_prob(probs.expand(len(sets), 4), idx, unordered=True)
+    ordered = selection_log_prob(probs.expand(len(sets), 4), idx).exp()
+    flipped = selection_log_prob(probs.expand(len(sets), 4), idx.flip(-1)).exp()
+    assert torch.allclose(log_set.exp(), ordered + flipped)  # Q(i,j) + Q(j,i)
+    assert float(log_set.exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    router = ReMixRouter(1, 4, 3, rank=1, logq="set").train()
+    logits = torch.randn(5, 4)
+    r = router.select(logits, logits.softmax(-1))
+    assert torch.allclose(r.log_prob, selection_log_prob(logits.softmax(-1), r.indices.flip(-1), unordered=True))
+    with pytest.raises(LoramixError, match="logq"):
+        ReMixOptions(logq="bag")
+
+
+def _softcapped_gemma():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, vocab_size=97, max_position_embeddings=64,
+                       final_logit_softcapping=3.0, pad_token_id=0)
+    return Gemma2ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_chunked_loss_equals_full_loss_and_gradients(tiny, arch):
+    from loramix.train.remix import chunked_sequence_losses, final_hidden_states
+
+    model = copy.deepcopy(tiny[0]) if arch == "llama" else _softcapped_gemma()
+    mix = build_mixture(model, ReMixConfig(tasks=("x",), router="topk", n_experts=4, top_k=2, rank=4)).train()
+    mix = _with_nonzero_experts(mix, 0.3)
+    ids = torch.randint(4, 90, (6, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[4, :] = -100  # a row without labelled tokens
+    params = [p for p in mix.parameters() if p.requires_grad]
+
+    full = sequence_losses(mix(input_ids=ids).logits, labels)
+    g_full = torch.autograd.grad(full.sum(), params)
+    with final_hidden_states(mix) as head:
+        hidden = mix(input_ids=ids).logits
+    assert hidden.shape[-1] == mix.config.hidden_size  # the hidden states, not the logits
+    chunked = chunked_sequence_losses(hidden, head, labels, chunk_tokens=24)  # 2 rows per chunk
+    g_chunked = torch.autograd.grad(chunked.sum(), params)
+    assert torch.allclose(chunked, full, atol=1e-6) and float(chunked[4].detach()) == 0.0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_chunked, g_full))
+    assert mix(input_ids=ids).logits.shape[-1] == mix.config.vocab_size  # the head is back after the block
+    if arch == "gemma2":
+        assert mix.config.final_logit_softcapping == 3.0
+
+
+def test_soft_trainable_mixture_trains_and_logs_ess(setup):
+    root, base = setup
+    out = train_remix(replace(base, out=root / "soft", router="soft", steps=4))
+    cfg = json.loads((out / "mixture_config.json").read_text())
+    assert cfg["router"] == "soft" and cfg["top_k"] == 4 and cfg["shared_router"] is False
+    log = [h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
+    assert len(log) == 4
+    for h in log:
+        assert 1.0 <= h["ess_worst"] <= h["ess_mean"] <= 4.0 + 1e-6
+        assert 1.0 <= h["ess_q_token_worst"] <= h["ess_q_token"] <= 4.0 + 1e-6
+        assert h["ess_token"] == pytest.approx(h["ess_q_token"], abs=1e-3)  # soft: the weights are q
+
+
+def test_chunked_loss_peak_memory_grows_sublinearly_in_samples():
+    """A 32k vocabulary, 2 sequences x M samples x 128 tokens (benchmarks/remix_loss_memory.py): the
+    full loss holds M*256*32k logits (and their softmax and gradient); the chunked one holds one
+    256-token chunk at a time."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "remix_loss_memory.py"
+    spec = importlib.util.spec_from_file_location("remix_loss_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    full2, full8 = bench.measure(2, "full"), bench.measure(8, "full")
+    chunk2, chunk8 = bench.measure(2, "chunked"), bench.measure(8, "chunked")
+    assert full8 > 3.0 * full2  # the unchunked loss: linear in M (the check can see it)
+    assert chunk8 < 1.5 * chunk2  # chunked: sub-linear
+    assert chunk8 < 0.3 * full8

@@ -314,7 +314,7 @@ def test_installed_cli_tasks_verify_bad_line(tmp_path):
     (["train-router", "--experts", "a,b", "--out", "X"], "Missing option '--traces'"),  # a missing option
     (["train-router", "--bogus", "1"], "No such option: --bogus"),  # an unknown option
     (["train-router", "--steps", "ten"], "Invalid value for '--steps'"),  # a bad value
-    (["evalute"], "No such command 'evalute'. Did you mean 'evaluate'?"),  # a misspelt command
+    (["evalut"], "No such command 'evalut'. Did you mean 'evaluate'?"),  # a misspelt command
 ])
 def test_usage_mistakes_print_the_usage_line_and_one_error_line(args, needle):
     res = run_script(args)

@@ -32,10 +32,11 @@ import torch
 
 from loramix.errors import DataError, LoramixError
 from loramix.evaluate import (check_tasks, check_writable, evaluate_model, load_for_eval, parse_expert_pairs,
-                              parse_tasks, resolve_expert_map, task_options)
+                              parse_tasks, percent, resolve_expert_map, task_options)
 from loramix.io import atomic_path
 from loramix.mixture import MIXTURE_CONFIG, MixtureModel
 from loramix.routers import effective_sample_size
+from loramix.tasks.base import DEFAULT_DIFFICULTY
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -310,7 +311,7 @@ def tokens_html(records_by_task: dict[str, list], tokenizer, expert_names: Seque
              f"<p>Colour: the top chosen expert ({html.escape(where)}). Bold underlined tokens are generated; "
              "the rest is the prompt. Hover a token for details.</p><p>"]
     for i, name in enumerate(expert_names):
-        parts.append(f"<span class='legend' style='background:{_colour(i)}'>{i}: {html.escape(str(name))}</span>")
+        parts.append(f"<span class='legend' style='background:{expert_colour(i)}'>{i}: {html.escape(str(name))}</span>")
     parts.append("</p>")
     for task, records in records_by_task.items():
         parts.append(f"<h2>{html.escape(task)}</h2>")
@@ -330,15 +331,16 @@ def tokens_html(records_by_task: dict[str, list], tokenizer, expert_names: Seque
                 if layer is not None:
                     title += f", weight {float(tops_w[li, t].max()):.3f}"
                 cls = "tok gen" if t >= rec.n_prompt else "tok"
-                spans.append(f"<span class='{cls}' style='background:{_colour(e)}' "
+                spans.append(f"<span class='{cls}' style='background:{expert_colour(e)}' "
                              f"title='{html.escape(title, quote=True)}'>{shown}</span>")
             parts.append("<div class='seq'>" + "".join(spans) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _colour(i: int) -> str:
-    # light versions of the palette so the text stays readable
+def expert_colour(i: int) -> str:
+    """Expert ``i``'s colour (``#rrggbb``), shared by tokens.html and ``loramix generate
+    --show-routing``: a light version of the palette, so black text on it stays readable."""
     c = PALETTE[i % len(PALETTE)].lstrip("#")
     r, g, b = (int(c[k:k + 2], 16) for k in (0, 2, 4))
     r, g, b = (int(v + (255 - v) * 0.45) for v in (r, g, b))
@@ -407,13 +409,14 @@ def analyze_mixture(
     train_log=None,
     layer: int | None = None,
     split: str = "test",
-    difficulty: str | int = "hard",
+    difficulty: str | int = DEFAULT_DIFFICULTY,
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     seed: int = 0,
     mixed: bool = False,
     routing: str = "model",
     html_examples: int = 3,
+    chat_template: bool = True,
 ) -> dict:
     """Generate for ``n`` examples per task with routing recorded, and summarise the routing.
 
@@ -431,7 +434,7 @@ def analyze_mixture(
     report = evaluate_model(mixture, tokenizer, names, split=split, n=n, difficulty=difficulty,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                             routing=routing, expert_for_task=emap if routing == "oracle" else None,
-                            collect_routing=True, keep_samples=html_examples)
+                            collect_routing=True, keep_samples=html_examples, chat_template=chat_template)
     summaries = {t: task_routing_summary(report.routing[t], mixture.num_experts, emap) for t in names}
     result = _analysis_result(mixture, report, summaries, emap, log_rows, layer)
     if out is not None:
@@ -448,6 +451,8 @@ def analyze_path(mixture_dir: str | Path, tasks: Sequence[str], *, base: str | N
         raise LoramixError(f"{path}: not found")
     if not (path / MIXTURE_CONFIG).is_file():
         raise LoramixError(f"{mixture_dir}: not a loramix mixture folder (no mixture_config.json)")
+    if kwargs.get("difficulty") is None:
+        kwargs["difficulty"] = DEFAULT_DIFFICULTY
     check_tasks(tasks, **task_options(analyze_mixture, kwargs))
     given = parse_expert_pairs(expert_for) or None
     if kwargs.get("train_log") is not None:
@@ -465,8 +470,9 @@ def summary_table(result: dict):
     from rich.table import Table
 
     experts = result["mixture"]["experts"]
+    difficulty = result.get("config", {}).get("difficulty")
     table = Table("task", "accuracy", "routing acc.", "max mass", "ess_token", "ess_of_mean", "top expert (share)",
-                  title="routing")
+                  title="routing" if difficulty is None else f"routing - difficulty {difficulty}")
     for task, s in result["tasks"].items():
         if not s.get("n_tokens"):
             table.add_row(task, "-", "-", "-", "-", "-", "-")
@@ -475,12 +481,12 @@ def summary_table(result: dict):
         top = max(range(len(shares)), key=shares.__getitem__)
         ra = s["routing_accuracy"]["overall"] if s.get("routing_accuracy") else None
         m = s["mass"]["overall"]
-        table.add_row(task, f"{result['eval'][task]['accuracy']:.3f}", "-" if ra is None else f"{ra:.3f}",
+        table.add_row(task, percent(result["eval"][task]["accuracy"]), percent(ra),
                       f"{m['max_mass']:.3f}", f"{m['ess_token']:.2f}", f"{m['ess_of_mean']:.2f}",
-                      f"{experts[top]} ({shares[top]:.2f})")
+                      f"{experts[top]} ({percent(shares[top])})")
     return table
 
 
 __all__ = ["analyze_mixture", "analyze_path", "ess", "load_train_log", "mass_stats", "normalised_weights",
            "own_mass", "plot_ess_steps", "plot_usage_heatmap", "routing_accuracy", "routing_shares",
-           "summary_table", "task_routing_summary", "token_experts", "tokens_html", "top_expert"]
+           "summary_table", "task_routing_summary", "token_experts", "tokens_html", "top_expert", "expert_colour"]

@@ -61,6 +61,22 @@ def pipeline(
 
 
 @app.command()
+def ablate(
+    config: Path = typer.Option(Path("recipes/remix-ablation.yaml"), "--config", help="Ablation recipe YAML."),
+    root: Path = typer.Option(Path("runs"), "--root", help="Runs folder; outputs go to <root>/<recipe name>."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's ablation section."),
+    quiet: bool = typer.Option(False, "--quiet", metavar="", help="Print only the final tables (and errors)."),
+) -> None:
+    """ReMix's ablations (k, one rank-k·r LoRA, M, log Q, omega, no RLOO, no top-k), resumable."""
+    from loramix.ablation import ablation_markdown, load_ablation_recipe, run_ablation, update_readme_ablation
+
+    report = run_ablation(config, root, progress=not quiet)
+    console.print(ablation_markdown(report), highlight=False, soft_wrap=True)
+    if readme is not None:
+        update_readme_ablation(root / load_ablation_recipe(config).name, readme)
+
+
+@app.command()
 def report(
     run: Path = typer.Argument(..., help="A pipeline run folder (holding report.json)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite this README's results section."),
@@ -174,6 +190,10 @@ def base_path() -> None:
 # --- training (issue 4) -----------------------------------------------------------------------
 
 
+CHAT_TEMPLATE_HELP = ("Render prompts with the base tokenizer's chat template (one user message), when it has one "
+                      "(Instruct models; the embedded base has none).")
+
+
 @app.command("train-expert")
 def train_expert_cmd(
     task: str = typer.Option(..., "--task", help="Task name (see `loramix tasks list`)."),
@@ -200,6 +220,7 @@ def train_expert_cmd(
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out validation prompts for accuracy before/after."),
     seed: int = typer.Option(0, "--seed", help="Seed (data, LoRA init, sampling)."),
     save_steps: int = typer.Option(10, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if a complete or differently-configured run exists."),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar or messages."),
@@ -212,7 +233,7 @@ def train_expert_cmd(
         batch_size=batch_size, num_generations=num_generations, temperature=temperature,
         max_completion_length=max_completion_length, learning_rate=lr, sft_learning_rate=sft_lr,
         init_adapter=init_adapter, rank=rank, alpha=alpha, dropout=dropout, beta=beta, difficulty=difficulty,
-        n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps,
+        n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps, chat_template=chat_template,
         threads=threads, force=force, progress=not quiet,
     )
     train_expert(config, console=console)
@@ -223,7 +244,7 @@ def train_remix_cmd(
     out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
     task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable or comma-separated)."),
-    traces: Optional[Path] = typer.Option(None, "--traces", help="JSONL file with prompt/completion fields."),
+    traces: Optional[Path] = typer.Option(None, "--traces", help="Traces JSONL: prompt/completion or chat messages rows, optional domain."),
     router: str = typer.Option("remix", "--router", help="remix (RLOO, sampled top-k) or topk (MixLoRA baseline)."),
     n_experts: int = typer.Option(8, "--n-experts", "--experts-n", help="Fresh LoRA experts per layer."),
     top_k: int = typer.Option(2, "--top-k", "--k", help="Experts active per token."),
@@ -240,6 +261,7 @@ def train_remix_cmd(
     logq_tokens: str = typer.Option("all", "--logq-tokens", help="log Q over all attended tokens or 'completion'."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     logging_steps: int = typer.Option(10, "--logging-steps", help="Log (loss, ESS per layer) every this many steps."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     save_steps: int = typer.Option(100, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
@@ -254,7 +276,7 @@ def train_remix_cmd(
         router_learning_rate=router_learning_rate,
         n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,
         logging_steps=logging_steps, save_steps=save_steps, threads=threads, progress=not quiet,
-        force=force,
+        force=force, chat_template=chat_template,
     )
     path = train_remix(config)
     console.print(f"mixture: {path}", highlight=False, soft_wrap=True)
@@ -286,7 +308,7 @@ def merge_cmd(
 @app.command("train-multitask")
 def train_multitask_cmd(
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
-    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion rows), e.g. the union of all tasks."),
+    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion or chat messages rows), e.g. the union of all tasks."),
     out: Path = typer.Option(..., "--out", help="Output PEFT adapter folder (appears only when complete)."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank r (set it to match a mixture's active parameters)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (default: 2 x rank)."),
@@ -296,6 +318,7 @@ def train_multitask_cmd(
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if a complete run with another config exists."),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
@@ -305,7 +328,8 @@ def train_multitask_cmd(
 
     config = MultitaskConfig(base=base, traces=str(traces), out=str(out), rank=rank, alpha=alpha, steps=steps,
                              batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
-                             save_steps=save_steps, threads=threads, force=force, progress=not quiet)
+                             save_steps=save_steps, chat_template=chat_template, threads=threads, force=force,
+                             progress=not quiet)
     console.print(f"multi-task LoRA: {train_multitask(config)}", highlight=False, soft_wrap=True)
 
 
@@ -322,6 +346,7 @@ def train_prompt_router_cmd(
     mixture: Optional[Path] = typer.Option(
         None, "--mixture", help="A trained mixture over the same experts (e.g. the hard one): keep it, attention "
                                 "LoRA included, and route one expert per sequence (the fair prompt-level baseline)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
 ) -> None:
     """Train a prompt-level router: one expert per prompt from the base model's mean-pooled prompt states."""
     import json as _json
@@ -329,7 +354,8 @@ def train_prompt_router_cmd(
     from loramix.train.prompt_router import build_prompt_router
 
     path = build_prompt_router(base, _bl_split(experts), out, traces=traces, tasks=_bl_split(tasks) or None,
-                               n_per_task=n_per_task, steps=steps, seed=seed, mixture=mixture)
+                               n_per_task=n_per_task, steps=steps, seed=seed, mixture=mixture,
+                               chat_template=chat_template)
     acc = _json.loads((path / "metrics.json").read_text())["heldout_accuracy"]
     console.print(f"prompt router: {path} (held-out accuracy {acc})", highlight=False, soft_wrap=True)
 
@@ -360,13 +386,15 @@ def build_xlora_cmd(
     depth: int = typer.Option(1, "--depth", help="X-LoRA classifier depth."),
     layerwise: bool = typer.Option(False, "--layerwise", metavar="", help="Layer-wise scalings."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """PEFT X-LoRA over the experts (classifier optionally trained by SFT on traces)."""
     from loramix.train.xlora import build_xlora
 
     path = build_xlora(base, _bl_split(experts), out, traces=traces, steps=steps, batch_size=batch_size,
-                       learning_rate=lr, seed=seed, progress=not quiet, xlora_depth=depth, layerwise_scalings=layerwise)
+                       learning_rate=lr, seed=seed, chat_template=chat_template, progress=not quiet,
+                       xlora_depth=depth, layerwise_scalings=layerwise)
     console.print(f"X-LoRA: {path}", highlight=False, soft_wrap=True)
 
 
@@ -401,6 +429,7 @@ def distill_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
     seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """Stage 2a: each expert answers its task's train prompts; verified traces go to a JSONL file."""
@@ -409,7 +438,7 @@ def distill_cmd(
     cfg = DistillConfig(base=base, experts=_bl_split(experts), tasks=_bl_split(tasks), out=str(out),
                         n_prompts=n_prompts, samples=samples, temperature=temperature,
                         max_per_prompt=max_per_prompt, max_per_task=max_per_task, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, difficulty=difficulty, seed=seed)
+                        batch_size=batch_size, difficulty=difficulty, seed=seed, chat_template=chat_template)
     console.print(f"traces: {distill(cfg, progress=not quiet)}", highlight=False, soft_wrap=True)
 
 
@@ -417,7 +446,7 @@ def distill_cmd(
 def train_router_cmd(
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
     experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders (repeatable or comma-separated)."),
-    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion rows), e.g. from distill."),
+    traces: Path = typer.Option(..., "--traces", help="Traces JSONL (prompt/completion or chat messages rows, optional domain), e.g. from distill."),
     out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
     router: str = typer.Option("hard", "--router", help="hard, soft, topk, gumbel, remix or fixed."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (default: the router's)."),
@@ -434,6 +463,7 @@ def train_router_cmd(
     max_length: int = typer.Option(512, "--max-length", help="Tokens per sequence (longer traces are refused)."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
     force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if --out holds a run with another config."),
 ) -> None:
@@ -448,8 +478,48 @@ def train_router_cmd(
     cfg = RouterTrainConfig(base=base, experts=_bl_split(experts), traces=str(traces), out=str(out), mixture=mixture,
                             max_steps=steps, num_train_epochs=epochs, batch_size=batch_size,
                             learning_rate=learning_rate, router_learning_rate=router_learning_rate, max_length=max_length, save_steps=save_steps, seed=seed,
-                            progress=not quiet, force=force)
+                            chat_template=chat_template, progress=not quiet, force=force)
     console.print(f"mixture: {train_router(cfg)}", highlight=False, soft_wrap=True)
+
+
+# --- compose & export (issue 14) --------------------------------------------------------------
+
+EXPERTS_DIR_HELP = ("Where a mixture's experts are now, if they moved: a folder holding them, found by folder "
+                    "name or by the sha256 the mixture recorded.")
+
+
+@app.command("compose")
+def compose_cmd(
+    base: str = typer.Option("default", "--base", help="Base model folder, Hub id, or 'default' for the embedded base."),
+    experts: list[str] = typer.Option(..., "--experts", "--expert", help="PEFT LoRA adapter folders or Hub ids (repeatable or comma-separated)."),
+    out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
+    router: str = typer.Option("hard", "--router", help="hard, soft, topk, gumbel, remix or fixed."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (default: the router's)."),
+    per_layer_router: bool = typer.Option(False, "--per-layer-router", metavar="", help="One router per layer instead of one shared router."),
+    attention_rank: int = typer.Option(0, "--attention-rank", help="Rank of an (untrained, zero-delta) attention LoRA (0: none)."),
+    ste: Optional[str] = typer.Option(None, "--ste", help="hard/gumbel straight-through estimator: full or chosen."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the router's initial weights."),
+) -> None:
+    """Compose your own LoRA adapters into a mixture with a fresh (untrained) router; train it with train-router."""
+    from loramix.mixture import MixtureConfig, compose_folders
+    from loramix.routers import router_options
+
+    config = MixtureConfig(router=router, top_k=top_k, shared_router=not per_layer_router,
+                           router_options=router_options(router, ste=ste), attention_lora_rank=attention_rank)
+    path = compose_folders(base, _bl_split(experts), out, config, seed=seed)
+    console.print(f"mixture: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+def export_cmd(
+    mixture: Path = typer.Argument(..., help="A loramix mixture folder."),
+    out: Path = typer.Option(..., "--out", help="New self-contained folder: the mixture, its experts and a README model card."),
+    experts_dir: Optional[Path] = typer.Option(None, "--experts-dir", help=EXPERTS_DIR_HELP),
+) -> None:
+    """Copy a mixture and its experts into one folder that can be moved or shared as a whole."""
+    from loramix.export import export_mixture
+
+    console.print(f"exported: {export_mixture(mixture, out, experts_dir=experts_dir)}", highlight=False, soft_wrap=True)
 
 
 # --- evaluate & analyze (issue 5) -------------------------------------------------------------
@@ -467,7 +537,7 @@ def evaluate_cmd(
     mixed: bool = typer.Option(False, "--mixed", metavar="", help="Evaluate every pair of the tasks as mixed-domain prompts."),
     n: int = typer.Option(200, "--n", help="Examples per task."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
-    difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
+    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="easy, medium or hard (default: the one the pipeline evaluates at)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
     do_sample: bool = typer.Option(False, "--sample", metavar="", help="Sample instead of greedy decoding."),
@@ -476,14 +546,17 @@ def evaluate_cmd(
     routing: str = typer.Option("model", "--routing", help="Mixtures: model (token level), oracle, segment (the segment oracle: each token to its sub-question's expert) or prompt."),
     expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (or TASK=EXPERT_NAME), repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed (data and sampling)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report JSON here (atomic)."),
+    experts_dir: Optional[Path] = typer.Option(None, "--experts-dir", help=EXPERTS_DIR_HELP),
 ) -> None:
     """Accuracy, format rate and completion length per task, by batched generation."""
     from loramix.evaluate import evaluate_path, report_table
 
     report = evaluate_path(model, _task_list(tasks), base=base, expert_for=expert_for, out=out, mixed=mixed, n=n,
                            split=split, difficulty=difficulty, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           do_sample=do_sample, temperature=temperature, top_p=top_p, routing=routing, seed=seed)
+                           do_sample=do_sample, temperature=temperature, top_p=top_p, routing=routing, seed=seed,
+                           chat_template=chat_template, experts_dir=experts_dir)
     console.print(report_table(report, title=f"{model} ({report.config['kind']})"))
     if out is not None:
         console.print(f"wrote {out}", highlight=False, soft_wrap=True)
@@ -501,21 +574,51 @@ def analyze_cmd(
     mixed: bool = typer.Option(False, "--mixed", metavar="", help="Analyse every pair of the tasks as mixed-domain prompts."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Site index the HTML colours by (default: majority over sites)."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
-    difficulty: str = typer.Option("hard", "--difficulty", help="easy, medium or hard."),
+    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="easy, medium or hard (default: the one the pipeline evaluates at)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generate call."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: longest reference + 25%."),
     routing: str = typer.Option("model", "--routing", help="model, oracle, segment or prompt."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
 ) -> None:
     """Routing analysis of a mixture: expert shares, routing accuracy, max mass, ESS, token colours."""
     from loramix.analysis import analyze_path, summary_table
 
     result = analyze_path(mixture, _task_list(tasks), base=base, expert_for=expert_for, out=out, train_log=train_log,
                           n=n, mixed=mixed, layer=layer, split=split, difficulty=difficulty, batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, routing=routing, seed=seed)
+                          max_new_tokens=max_new_tokens, routing=routing, seed=seed, chat_template=chat_template)
     console.print(summary_table(result))
     console.print(f"wrote {out}: {', '.join(result['files'])}", highlight=False, soft_wrap=True)
 
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Argument(..., help="'default', an HF model folder (e.g. merged), a PEFT adapter folder or a mixture folder."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (repeatable). Bash: $'add: 12+34\\n' for a newline."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Prompts JSONL: one {\"prompt\": ...} or {\"messages\": [...]} object per line."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write JSONL rows {prompt, completion, finished, tokens} here (atomic)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter or mixture, or 'default' (default: the one it recorded)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens per completion."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate call."),
+    do_sample: bool = typer.Option(False, "--sample", metavar="", help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (with --sample)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
+    show_routing: bool = typer.Option(False, "--show-routing", metavar="", help="Mixtures: colour each completion token by its expert (and add per-token expert ids to --out)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="With --show-routing: colour by this site index (default: majority over sites)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
+    experts_dir: Optional[Path] = typer.Option(None, "--experts-dir", help=EXPERTS_DIR_HELP),
+) -> None:
+    """Generate completions for your own prompts with any saved model, batched with the KV cache."""
+    from loramix.generation import generate_path, terminal_view
+
+    result = generate_path(model, prompt or (), prompts_file=file, base=base, out=out, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                           show_routing=show_routing, layer=layer, chat_template=chat_template, experts_dir=experts_dir)
+    if out is None or show_routing:
+        console.print(terminal_view(result), highlight=False, soft_wrap=True)
+    if out is not None:
+        console.print(f"wrote {out} ({len(result.rows)} completions)", highlight=False, soft_wrap=True)
 
 
 # --- bench (issue 6) --------------------------------------------------------------------------

@@ -42,16 +42,18 @@ import torch
 from loramix.base_model import META_FILE
 from loramix.baselines.peft_mixtures import BASELINE_FILE, baseline_kind, load_baseline
 from loramix.baselines.prompt_router import has_prompt_router, load_prompt_router, route_prompts
+from loramix.chat import render_prompts, uses_chat_template
 from loramix.errors import LoramixError, unknown_name
 from loramix.experts import load_expert
 from loramix.generation import Completion, generate
 from loramix.io import write_json
 from loramix.loading import load_base_model
-from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture
+from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture, recorded_base
+from loramix.tasks.base import DEFAULT_DIFFICULTY
 from loramix.tasks.format import has_json_answer, has_think
 from loramix.tasks.mixed import (MIXED_SEP, MixedExample, MixedTask, completion_segments, labels_to_tokens,
                                  mixed_answers, mixed_examples, mixed_reference_completion,
-                                 prompt_token_segments, resolve_task, segment_at, token_spans)
+                                 prompt_segments, prompt_token_segments, resolve_task, segment_at, token_spans)
 
 ROUTING_MODES = ("model", "oracle", "prompt", "segment")
 METRICS = ("accuracy", "format_rate", "mean_length")
@@ -153,13 +155,29 @@ def _is_mixture(model) -> bool:
     return isinstance(model, MixtureModel)
 
 
+def _prompt_parts(ex: MixedExample, tokenizer, ids: Sequence[int]) -> list[int]:
+    """The part (0 or 1) of each token of a mixed prompt as generated, ``ids``: the raw prompt's
+    parts where it stands in the decoded text, the chat template's text around it belonging to the
+    part next to it (``prompt_token_segments`` when the text is the raw prompt)."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    at = text.find(ex.prompt)
+    if at <= 0 and len(text) == len(ex.prompt):
+        return prompt_token_segments(ex, tokenizer, ids)
+    labels = prompt_segments(ex)
+    at = max(at, 0)
+    chars = [labels[0]] * at + labels + [labels[-1]] * max(0, len(text) - at - len(labels))
+    return labels_to_tokens(chars, token_spans(tokenizer, ids), default=labels[0])
+
+
 class _SegmentRouting:
     """The segment oracle: every token goes to the expert of the sub-question it belongs to
     (``loramix.tasks.mixed.segment_at``), in the prompt and in the completion as it is generated.
     A single-domain prompt is all one segment, so there it equals oracle routing."""
 
-    def __init__(self, tokenizer, examples: Sequence, task, expert_for_task: dict[str, int]):
+    def __init__(self, tokenizer, examples: Sequence, task, expert_for_task: dict[str, int],
+                 prompts: Sequence[str] | None = None):
         self.tok, self.examples, self.task, self.experts = tokenizer, examples, task, expert_for_task
+        self.prompts = list(prompts) if prompts is not None else [e.prompt for e in examples]  # as generated
 
     def _parts(self, i: int) -> list[int]:
         """Expert ids of example i's parts, in prompt order."""
@@ -170,10 +188,10 @@ class _SegmentRouting:
 
     def _prompt_experts(self, i: int) -> list[int]:
         ex, parts = self.examples[i], self._parts(i)
-        ids = self.tok(ex.prompt, add_special_tokens=False)["input_ids"]
+        ids = self.tok(self.prompts[i], add_special_tokens=False)["input_ids"]
         if not isinstance(ex, MixedExample):
             return [parts[0]] * len(ids)
-        return [parts[j] for j in prompt_token_segments(ex, self.tok, ids)]
+        return [parts[j] for j in _prompt_parts(ex, self.tok, ids)]
 
     def for_batch(self, idx: list[int]):
         """The ``assign(input_ids)`` of ``MixtureModel.route_tokens`` for one left-padded batch
@@ -315,6 +333,26 @@ def _records_from_batches(batches: list[dict], task_name: str, tokenizer, eos: i
     return records
 
 
+def generate_with_routing(model, tokenizer, prompts: Sequence[str], *, collect_routing: bool = False,
+                          **gen_kwargs) -> tuple[list[list[Completion]], list[RoutingRecord] | None]:
+    """``generation.generate`` of free prompts, routed as evaluation routes them: a mixture by its
+    own router (by its prompt classifier, if it has one). With ``collect_routing`` (mixtures only),
+    also each sequence's ``RoutingRecord`` in prompt order (``task`` empty, ``token_task`` None)."""
+    plan = _plan_routing(model, [], None, None, collect_routing)
+    hook = None
+    if plan.is_mix:
+        hook = _BatchHook(model, tokenizer, list(prompts), plan.mode, None, plan.collect)
+        model.reset_routing_trace()
+        model.record_routing = True
+    completions = generate(model, tokenizer, prompts, **gen_kwargs,
+                           before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None)
+    records = None
+    if plan.collect:
+        records = _records_from_batches(hook.batches, "", tokenizer, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                        lambda example, n_prompt, token_ids: [None] * len(token_ids))
+    return completions, records
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -386,14 +424,16 @@ def _default_max_new_tokens(tokenizer, resolved: Sequence[tuple[str, Any]], exam
     return int(math.ceil(1.25 * longest)) + 8
 
 
-def _batch_hook(model, tokenizer, name: str, task, examples: list, plan: _RoutingPlan) -> _BatchHook | None:
-    """The generation hook of a mixture (None for other models), with its routing trace reset."""
+def _batch_hook(model, tokenizer, name: str, task, examples: list, plan: _RoutingPlan,
+                prompts: list[str]) -> _BatchHook | None:
+    """The generation hook of a mixture (None for other models), with its routing trace reset;
+    ``prompts`` are the examples' prompts as generated (rendered)."""
     if not plan.is_mix:
         return None
-    prompts = [e.prompt for e in examples]
     first = name.split(MIXED_SEP)[0]
     seq_experts = [plan.expert_for_task[first]] * len(prompts) if plan.mode == "oracle" else None
-    segments = _SegmentRouting(tokenizer, examples, task, plan.expert_for_task) if plan.mode == "segment" else None
+    segments = _SegmentRouting(tokenizer, examples, task, plan.expert_for_task, prompts) \
+        if plan.mode == "segment" else None
     hook = _BatchHook(model, tokenizer, prompts, plan.mode, seq_experts, plan.collect, segments)
     model.reset_routing_trace()
     model.record_routing = True  # training may have switched it off; the trace is reset per call
@@ -407,12 +447,13 @@ def _samples(task, examples: Sequence, completions: Sequence, keep: int) -> list
 
 
 def _evaluate_task(model, tokenizer, name: str, task, examples: list, plan: _RoutingPlan, gen_kwargs: dict,
-                   split: str, keep_samples: int) -> _TaskResult:
-    """Generate for one task's examples, score them and keep samples (and routing records)."""
+                   split: str, keep_samples: int, chat_template: bool = True) -> _TaskResult:
+    """Generate for one task's examples (prompts rendered by ``loramix.chat.render_prompts``), score
+    them and keep samples (and routing records)."""
     if not examples:
         raise LoramixError(f"task {name!r} has no {split} examples")
-    prompts = [e.prompt for e in examples]
-    hook = _batch_hook(model, tokenizer, name, task, examples, plan)
+    prompts = render_prompts(tokenizer, [e.prompt for e in examples], chat_template)
+    hook = _batch_hook(model, tokenizer, name, task, examples, plan, prompts)
     completions = generate(model, tokenizer, prompts, **gen_kwargs,
                            before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None,
                            label=f"task {name!r} ({split})")
@@ -442,7 +483,7 @@ def evaluate_model(
     *,
     split: str = "test",
     n: int = 200,
-    difficulty: str | int = "hard",
+    difficulty: str | int = DEFAULT_DIFFICULTY,
     batch_size: int = 32,
     max_new_tokens: int | None = None,
     do_sample: bool = False,
@@ -455,6 +496,7 @@ def evaluate_model(
     mixed: bool = False,
     collect_routing: bool = False,
     keep_samples: int = 3,
+    chat_template: bool = True,
 ) -> EvalReport:
     """Generate for ``n`` examples of each task (greedy unless ``do_sample``) and verify them.
 
@@ -463,6 +505,8 @@ def evaluate_model(
     routing: for a MixtureModel, ``model`` (default), ``oracle`` (needs ``expert_for_task`` or expert
     names equal to task names) or ``prompt``. Must be None/``model`` for other models.
     collect_routing: keep per-sequence routing records (``report.routing[task]``; mixtures only).
+    chat_template: render each prompt as a user message with the tokenizer's chat template, when it
+    has one (``loramix.chat.render_prompt``); False keeps the raw prompts.
     """
     task_names = parse_tasks(tasks, mixed)
     resolved = [(name, resolve_task(name)) for name in task_names]  # unknown names fail first
@@ -476,10 +520,11 @@ def evaluate_model(
                   "temperature": temperature, "top_p": top_p, "num_return_sequences": num_return_sequences,
                   "seed": seed if do_sample else None}
     results = {name: _evaluate_task(model, tokenizer, name, task, examples[name], plan, gen_kwargs, split,
-                                    keep_samples) for name, task in resolved}
+                                    keep_samples, chat_template) for name, task in resolved}
     config = {"split": split, "n": n, "difficulty": difficulty, "batch_size": batch_size,
               "max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
-              "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed}
+              "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed,
+              "chat_template": uses_chat_template(tokenizer, chat_template)}
     return _build_report(results, config, plan, task_names)
 
 
@@ -492,7 +537,7 @@ def _token_task_fn(task, examples, tokenizer):
     def fn(example: int, n_prompt: int, token_ids: list[int]) -> list[str | None]:
         ex = examples[example]
         names = [p.task for p in ex.order]
-        prompt = prompt_token_segments(ex, tokenizer, token_ids[:n_prompt])
+        prompt = _prompt_parts(ex, tokenizer, token_ids[:n_prompt])
         completion_ids = token_ids[n_prompt:]
         text = tokenizer.decode(completion_ids, skip_special_tokens=True)
         completion = labels_to_tokens(completion_segments(text, ex.keys), token_spans(tokenizer, completion_ids),
@@ -559,14 +604,11 @@ def _base_from_config(path: Path, base: str | None, recorded: str | None, what: 
     raise LoramixError(f"{path}: a {what} needs --base (the base model folder, or 'default')")
 
 
-def _load_mixture_folder(path: Path, base: str | None):
-    """A loramix mixture (with its prompt router, if it has one) on its base model."""
-    try:
-        recorded = json.loads((path / MIXTURE_CONFIG).read_text()).get("base_model", {}).get("name_or_path")
-    except (json.JSONDecodeError, AttributeError):
-        recorded = None
-    model, tok = load_base_model(_base_from_config(path, base, recorded, "mixture"))
-    mixture = load_mixture(path, model).eval()
+def _load_mixture_folder(path: Path, base: str | None, experts_dir: str | Path | None = None):
+    """A loramix mixture (with its prompt router, if it has one) on its base model; its experts are
+    looked for in ``experts_dir`` first (see ``load_mixture``)."""
+    model, tok = load_base_model(_base_from_config(path, base, recorded_base(path), "mixture"))
+    mixture = load_mixture(path, model, experts_dir=experts_dir).eval()
     if has_prompt_router(path):
         mixture.prompt_router = load_prompt_router(path)
     return mixture, tok
@@ -600,11 +642,13 @@ def _load_hf_folder(path: Path, base: str | None):
     return model, tok
 
 
-def load_for_eval(path: str | Path, base: str | None = None):
+def load_for_eval(path: str | Path, base: str | None = None, experts_dir: str | Path | None = None):
     """``(model, tokenizer, kind)`` for ``default`` (the embedded base), an HF model folder (``kind``
     ``base`` for a loramix base build, else ``hf``: a merged or any other model), a PEFT adapter
     folder (``peft``, loaded onto ``base``) or a loramix mixture folder (``mixture``, onto ``base``).
-    Without ``base``, a PEFT adapter or mixture uses the base path it recorded, if it exists."""
+    Without ``base``, a PEFT adapter or mixture uses the base path it recorded, if it exists.
+    ``experts_dir``: where a mixture's experts moved (``--experts-dir``; found by name or sha256).
+    Every command that loads a saved model folder goes through here."""
     if str(path) == "default":
         model, tok = load_base_model("default")
         return model, tok, "base"
@@ -612,7 +656,7 @@ def load_for_eval(path: str | Path, base: str | None = None):
     if not path.exists():
         raise LoramixError(f"{path}: not found")
     if (path / MIXTURE_CONFIG).is_file():
-        return (*_load_mixture_folder(path, base), "mixture")
+        return (*_load_mixture_folder(path, base, experts_dir), "mixture")
     if (path / "adapter_config.json").is_file():
         return (*_load_peft_folder(path, base), "peft")
     if (path / "config.json").is_file():
@@ -628,19 +672,30 @@ def load_for_eval(path: str | Path, base: str | None = None):
 # --- output ---------------------------------------------------------------------------------------
 
 
+def percent(x: float | None) -> str:
+    """A rate in [0, 1] as CLI tables print it (``0.5`` -> ``50.0%``), as the report does."""
+    return "-" if x is None else f"{x:.1%}"
+
+
 def report_table(report: EvalReport, title: str | None = None):
-    """A rich table: one row per task, then the average."""
+    """A rich table: one row per task, then the average; accuracies and rates in percent. The title
+    gets the difficulty and split the report used, so the numbers can be told apart from the
+    pipeline's."""
     from rich.table import Table
 
+    cfg = report.config
+    where = ", ".join(f"{k} {cfg[k]}" for k in ("difficulty", "split") if cfg.get(k) is not None)
+    if where:
+        title = f"{title} - {where}" if title else where
     table = Table("task", "accuracy", "format", "mean length", "n", title=title)
     for name, m in report.per_task.items():
         extra = ""
         if "part_accuracy" in m:
-            extra = " (" + ", ".join(f"{k} {v:.3f}" for k, v in m["part_accuracy"].items()) + ")"
+            extra = " (" + ", ".join(f"{k} {percent(v)}" for k, v in m["part_accuracy"].items()) + ")"
         ml = "-" if m["mean_length"] is None else f"{m['mean_length']:.1f}"
-        table.add_row(name, f"{m['accuracy']:.3f}{extra}", f"{m['format_rate']:.3f}", ml, str(m["n"]))
+        table.add_row(name, f"{percent(m['accuracy'])}{extra}", percent(m["format_rate"]), ml, str(m["n"]))
     a = report.average
-    table.add_row("average", f"{a['accuracy']:.3f}", f"{a['format_rate']:.3f}", f"{a['mean_length']:.1f}", "",
+    table.add_row("average", percent(a["accuracy"]), percent(a["format_rate"]), f"{a['mean_length']:.1f}", "",
                   style="bold")
     return table
 
@@ -648,7 +703,8 @@ def report_table(report: EvalReport, title: str | None = None):
 # --- checks before any model is loaded ------------------------------------------------------------
 
 
-def check_tasks(tasks: Sequence[str], *, mixed: bool = False, split: str = "test", difficulty: str | int = "hard",
+def check_tasks(tasks: Sequence[str], *, mixed: bool = False, split: str = "test",
+                difficulty: str | int = DEFAULT_DIFFICULTY,
                 n: int = 1, routing: str | None = None, seed: int = 0) -> list[str]:
     """Everything about an evaluation that needs no model, checked before one is loaded (or built):
     the task names (an unknown one is refused naming the valid ones), ``n``, the routing mode, and
@@ -685,14 +741,18 @@ def task_options(fn, kwargs: dict) -> dict:
 
 
 def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | None = None,
-                  expert_for: Sequence[str] | None = None, out: str | Path | None = None, **kwargs) -> EvalReport:
+                  expert_for: Sequence[str] | None = None, out: str | Path | None = None,
+                  experts_dir: str | Path | None = None, **kwargs) -> EvalReport:
     """``load_for_eval`` then ``evaluate_model``; writes the report JSON to ``out`` (atomic). The
-    tasks, options and ``out`` are checked first: bad input never loads (or builds) a model."""
+    tasks, options and ``out`` are checked first: bad input never loads (or builds) a model.
+    ``difficulty`` None (or left out) is ``DEFAULT_DIFFICULTY``, the pipeline's."""
+    if kwargs.get("difficulty") is None:
+        kwargs["difficulty"] = DEFAULT_DIFFICULTY
     check_tasks(tasks, **task_options(evaluate_model, kwargs))
     given = parse_expert_pairs(expert_for)
     if out is not None:
         check_writable(out)
-    model, tok, kind = load_for_eval(model_path, base)
+    model, tok, kind = load_for_eval(model_path, base, experts_dir)
     if given and kind != "mixture":
         raise LoramixError("--expert-for applies to mixtures only")
     if kind == "mixture":
@@ -707,6 +767,7 @@ def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | N
 
 
 __all__ = ["EvalReport", "MixedExample", "MixedTask", "RoutingRecord", "check_tasks", "check_writable",
-           "evaluate_model", "evaluate_path", "is_formatted", "load_for_eval", "mixed_answers", "mixed_examples",
+           "evaluate_model", "evaluate_path", "generate_with_routing", "is_formatted", "load_for_eval", "mixed_answers",
+           "mixed_examples", "percent",
            "mixed_reference_completion", "parse_expert_pairs", "parse_tasks", "report_table", "resolve_expert_map",
            "resolve_task", "score_completions"]

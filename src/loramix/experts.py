@@ -194,18 +194,57 @@ def expert_digests(folder: str | Path) -> dict[str, str]:
     return {f: sha256_file(folder / f) for f in (CONFIG_NAME, WEIGHTS_NAME) if (folder / f).is_file()}
 
 
+class ExpertNotFoundError(LoramixError):
+    """A saved mixture (or baseline) names an expert file that is not there: moved or deleted, not
+    changed. The cure is to say where it went (``--experts-dir`` / ``experts_dir=``)."""
+
+
+class ExpertChangedError(LoramixError):
+    """An expert file is there but its sha256 differs from the one recorded at save time."""
+
+
 def check_expert_digests(folder: str | Path, recorded: dict[str, str], recorded_in: str, accept_changed: bool = False,
-                         hint: str = "") -> None:
+                         hint: str = "", name: str | None = None) -> None:
     """Refuse an expert folder whose files differ from the digests ``recorded`` (in ``recorded_in``)
-    when a mixture or baseline was saved, unless ``accept_changed``."""
+    when a mixture or baseline was saved, unless ``accept_changed``. A missing file is an
+    ``ExpertNotFoundError`` (even with ``accept_changed``), a different one an ``ExpertChangedError``."""
+    for fname in recorded:
+        f = Path(folder) / fname
+        if not f.is_file():
+            raise ExpertNotFoundError(f"expert {name or Path(folder).name} not found at {f} (recorded in {recorded_in}); "
+                                      "pass --experts-dir DIR (experts_dir= in Python) naming a folder that holds it")
     if accept_changed:
         return
     for fname, digest in recorded.items():
         f = Path(folder) / fname
-        actual = sha256_file(f) if f.is_file() else None
-        if actual != digest:
-            raise LoramixError(f"{f}: sha256 differs from the one recorded in {recorded_in}; the expert changed "
-                               f"since it was saved" + (f" ({hint})" if hint else ""))
+        if sha256_file(f) != digest:
+            raise ExpertChangedError(f"{f}: sha256 differs from the one recorded in {recorded_in}; the expert changed "
+                                     f"since it was saved" + (f" ({hint})" if hint else ""))
+
+
+def find_expert(experts_dir: str | Path, names: list[str], digests: dict[str, str]) -> Path | None:
+    """The folder under ``experts_dir`` that holds a saved expert: the first subfolder named one of
+    ``names`` whose files match ``digests``, else any adapter folder below whose weights' sha256
+    matches (a renamed folder), else a name match that differs (so the caller reports it as
+    changed), else None."""
+    root = Path(experts_dir).expanduser()
+    if not root.is_dir():
+        raise LoramixError(f"{root}: --experts-dir: not a folder")
+    named = [root / n for n in dict.fromkeys(names) if n and (root / n / CONFIG_NAME).is_file()]
+
+    def matches(folder: Path) -> bool:
+        return all((folder / f).is_file() and sha256_file(folder / f) == d for f, d in digests.items())
+
+    for folder in named:
+        if matches(folder):
+            return folder
+    weights_digest = digests.get(WEIGHTS_NAME)
+    if weights_digest:
+        for w in sorted(root.rglob(WEIGHTS_NAME)):
+            folder = w.parent
+            if folder not in named and (folder / CONFIG_NAME).is_file() and sha256_file(w) == weights_digest:
+                return folder
+    return named[0] if named else None
 
 
 @dataclass

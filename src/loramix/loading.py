@@ -40,6 +40,25 @@ def resolve_base(base: str | Path) -> Path:
     return path
 
 
+def local_or_hub(name_or_path: str | Path, what: str = "--base") -> Path:
+    """A local folder as is; a name that is no local path but looks like a Hub id (``owner/name``)
+    is downloaded with huggingface_hub's ``snapshot_download`` (cached; honours HF_HUB_OFFLINE)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    text = str(name_or_path)
+    parts = text.split("/")
+    if len(parts) != 2 or not all(parts) or text.startswith((".", "~")):
+        raise LoramixError(f"{path}: {what}: not found (give a local folder or a Hub id owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=text))
+    except Exception as err:  # noqa: BLE001 - hub errors come in many types
+        raise LoramixError(f"{text}: {what}: not a local folder, and the Hub download failed "
+                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
 def base_fingerprint(path: str | Path) -> dict[str, str]:
     """sha256 of each weights file of a model folder (one entry for an unsharded model)."""
     path = Path(path)

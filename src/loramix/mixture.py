@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from torch import nn
 
 from loramix import __version__
 from loramix.errors import LoramixError
-from loramix.experts import (CONFIG_NAME, WEIGHTS_NAME, Expert, LoraWeights, check_expert_digests, load_expert,
-                             load_experts, stack_module)
+from loramix.experts import (CONFIG_NAME, WEIGHTS_NAME, Expert, ExpertNotFoundError, LoraWeights, check_expert_digests,
+                             find_expert, load_expert, load_experts, stack_module)
 from loramix.io import atomic_path, read_json
 from loramix.kernels import routed_lora
 from loramix.routers import (Routing, RouterOptions, build_options, fixed_routing, load_balance_loss, make_router,
@@ -322,12 +323,15 @@ class MixtureModel(nn.Module):
         ``mixture_config.json`` naming each expert folder and its sha256. Atomic."""
         save_directory = Path(save_directory)
         config = {**self.mixture_config.to_dict(), **self.metadata}
+        name_or_path = getattr(self.model.config, "_name_or_path", None)
+        base_model = {"class": type(self.model).__name__, "name_or_path": name_or_path}
+        if name_or_path and Path(name_or_path).is_dir():
+            base_model["path"] = recorded_path(name_or_path, save_directory)
         config.update(
             format_version=FORMAT_VERSION,
             loramix_version=__version__,
-            base_model={"class": type(self.model).__name__,
-                        "name_or_path": getattr(self.model.config, "_name_or_path", None)},
-            experts=[_expert_entry(e, self.mixture_config.trainable_experts) for e in self.experts],
+            base_model=base_model,
+            experts=[_expert_entry(e, self.mixture_config.trainable_experts, save_directory) for e in self.experts],
             sites=[s.name for s in self.sites],
             trainable_parameters=self.trainable_parameters(),
         )
@@ -338,9 +342,23 @@ class MixtureModel(nn.Module):
         return save_directory
 
 
-def _expert_entry(e: Expert, trainable: bool) -> dict:
-    entry = {"name": e.name, "path": None if trainable or e.path is None else str(Path(e.path).resolve()),
+def recorded_path(folder: str | Path, mixture_dir: str | Path) -> str:
+    """How a saved mixture names ``folder``: relative to ``mixture_dir`` when both lie under a common
+    project root (so moving that root keeps the mixture whole), absolute otherwise. The filesystem
+    root, the home folder and the folders above it do not count as a common root."""
+    folder, mixture_dir = Path(folder).expanduser().resolve(), Path(mixture_dir).expanduser().resolve()
+    common = Path(os.path.commonpath([folder, mixture_dir]))
+    home = Path.home().resolve()
+    if common == Path(common.anchor) or common == home or common in home.parents:
+        return str(folder)
+    return Path(os.path.relpath(folder, mixture_dir)).as_posix()
+
+
+def _expert_entry(e: Expert, trainable: bool, mixture_dir: Path) -> dict:
+    entry = {"name": e.name, "path": None if trainable or e.path is None else recorded_path(e.path, mixture_dir),
              "sha256": e.sha256}
+    if entry["path"] is not None and not Path(entry["path"]).is_absolute():
+        entry["absolute_path"] = str(Path(e.path).resolve())  # a fallback when the mixture alone moves
     if entry["path"] is None:
         entry["modules"] = {m: {"rank": w.rank, "scale": w.scale, "in": w.A.shape[1], "out": w.B.shape[0]}
                             for m, w in e.modules.items()}
@@ -391,6 +409,29 @@ def compose(model: nn.Module, experts, config: MixtureConfig | None = None, *,
     return mixture
 
 
+def compose_folders(base: str | Path, experts, out: str | Path, config: MixtureConfig | None = None, *,
+                    seed: int = 0, names: list[str] | None = None) -> Path:
+    """``loramix compose``: the user's own PEFT LoRA adapters over a base model, with a freshly
+    initialised (``seed``) router, saved as a mixture at ``out`` (atomic). ``base`` is a model
+    folder, ``default`` or a Hub id; each expert a PEFT folder or a Hub id (downloaded only when no
+    such local path exists). Experts are named after their folders (a Hub id: its repo name)."""
+    from loramix.loading import load_base, local_or_hub
+
+    experts = [str(e) for e in experts]
+    if not experts:
+        raise LoramixError("no experts given (--experts DIR,...)")
+    folders = [local_or_hub(e, "--experts") for e in experts]
+    for given, folder in zip(experts, folders):
+        if not (folder / CONFIG_NAME).is_file():
+            raise LoramixError(f"{folder}: --experts: not a PEFT adapter folder (no {CONFIG_NAME})")
+    if names is None:
+        names = [folder.name if folder == Path(given).expanduser() else given.rsplit("/", 1)[-1]
+                 for given, folder in zip(experts, folders)]
+    model, _tok, _path = load_base(base if str(base) == "default" else local_or_hub(base, "--base"))
+    mixture = compose(model, folders, config or MixtureConfig(), expert_names=list(names), seed=seed)
+    return mixture.save_pretrained(out)
+
+
 def _route_targets(mixture: MixtureModel, targets: list[str]) -> None:
     """Replace each targeted Linear by a ``RoutedLinear`` and hook each site's router on its input."""
     modules = dict(mixture.model.named_modules())
@@ -427,11 +468,15 @@ def _add_attention_lora(model, mixture_config: MixtureConfig, routed: set[str]) 
 
 
 def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_experts: bool = False,
-                 expert_paths: list[str | Path] | None = None) -> MixtureModel:
+                 expert_paths: list[str | Path] | None = None,
+                 experts_dir: str | Path | None = None) -> MixtureModel:
     """Restore a mixture saved by ``MixtureModel.save_pretrained`` onto ``model`` (the same base).
 
-    Each expert folder is checked against the sha256 recorded at save time; a changed file is refused
-    unless ``accept_changed_experts``. ``expert_paths`` overrides the recorded folders (moved files).
+    Each expert is looked for in ``expert_paths[i]`` if given, else in ``experts_dir`` (a subfolder
+    of its name, or any adapter folder below whose weights have the recorded sha256), else at its
+    recorded path (relative to ``mixture_dir``, or absolute). A missing expert is an
+    ``ExpertNotFoundError``; a file whose sha256 differs from the recorded one is an
+    ``ExpertChangedError`` unless ``accept_changed_experts``.
     """
     mixture_dir = Path(mixture_dir)
     cfg_path = mixture_dir / MIXTURE_CONFIG
@@ -442,7 +487,9 @@ def load_mixture(mixture_dir: str | Path, model: nn.Module, *, accept_changed_ex
     entries = cfg["experts"]
     if expert_paths is not None and len(expert_paths) != len(entries):
         raise LoramixError(f"{cfg_path}: expects {len(entries)} experts, got {len(expert_paths)} expert_paths")
-    experts = [_saved_expert(entry, i, cfg_path, model, expert_paths, accept_changed_experts)
+    experts = [_saved_expert(entry, i, cfg_path, model,
+                             saved_expert_folder(entry, i, mixture_dir, experts_dir, expert_paths),
+                             accept_changed_experts)
                for i, entry in enumerate(entries)]
     config = MixtureConfig.from_dict(cfg, cfg_path)
     mixture = compose(model, experts, config)
@@ -462,18 +509,68 @@ _SAVED_KEYS = {"format_version", "loramix_version", "base_model", "experts", "si
                "router_kwargs"}
 
 
-def _saved_expert(entry: dict, i: int, cfg_path: Path, model, expert_paths, accept_changed: bool) -> Expert:
-    """Expert ``i`` of a saved mixture: read from its folder (checked against the recorded sha256),
-    or, for trainable experts, zero tensors of the recorded shapes that the mixture file fills."""
+def saved_expert_folder(entry: dict, i: int, mixture_dir: str | Path, experts_dir: str | Path | None = None,
+                        expert_paths=None) -> Path | None:
+    """Where expert ``i`` (``entry``, from a saved ``mixture_config.json``) lives now: see
+    ``load_mixture``. None for a trainable expert (its tensors are in the mixture file). When it is
+    found nowhere, the recorded place is returned, so the digest check reports what is missing."""
     if entry.get("path") is None:
+        return None
+    if expert_paths is not None:
+        return Path(expert_paths[i])
+    recorded = Path(entry["path"])
+    if experts_dir is not None:
+        found = find_expert(experts_dir, [recorded.name, entry.get("name", "")], entry.get("sha256", {}))
+        if found is not None:
+            return found
+    here = recorded if recorded.is_absolute() else Path(os.path.normpath(Path(mixture_dir) / recorded))
+    candidates = [here] + ([Path(entry["absolute_path"])] if entry.get("absolute_path") else [])
+    for folder in candidates:
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return here
+
+
+def _saved_expert(entry: dict, i: int, cfg_path: Path, model, folder: Path | None, accept_changed: bool) -> Expert:
+    """Expert ``i`` of a saved mixture: read from ``folder`` (checked against the recorded sha256),
+    or, for trainable experts, zero tensors of the recorded shapes that the mixture file fills."""
+    if folder is None:
         modules = {m: LoraWeights(torch.zeros(s["rank"], s["in"]), torch.zeros(s["out"], s["rank"]), s["scale"])
                    for m, s in entry["modules"].items()}
         return Expert(entry["name"], None, {}, modules, {})
-    folder = Path(expert_paths[i]) if expert_paths is not None else Path(entry["path"])
-    check_expert_digests(folder, entry.get("sha256", {}), f"{cfg_path} (experts[{i}].sha256)", accept_changed,
-                         hint="load_mixture(..., accept_changed_experts=True) loads it anyway")
+    check_saved_expert(entry, i, folder, cfg_path, accept_changed)
     return load_expert(folder, model, entry["name"])
 
 
+def check_saved_expert(entry: dict, i: int, folder: Path, cfg_path: Path, accept_changed: bool = False) -> None:
+    """``ExpertNotFoundError`` if expert ``i`` is not in ``folder``; ``ExpertChangedError`` if its
+    files differ from the sha256 ``cfg_path`` recorded (unless ``accept_changed``)."""
+    if not (folder / CONFIG_NAME).is_file():  # also for old mixtures that recorded no sha256
+        raise ExpertNotFoundError(f"expert {entry.get('name')} not found at {folder} (recorded in {cfg_path}, "
+                                  f"experts[{i}]); pass --experts-dir DIR (experts_dir= in Python) naming a folder "
+                                  "that holds it")
+    check_expert_digests(folder, entry.get("sha256") or {}, f"{cfg_path} (experts[{i}].sha256)", accept_changed,
+                         hint="load_mixture(..., accept_changed_experts=True) loads it anyway",
+                         name=entry.get("name"))
+
+
+def recorded_base(mixture_dir: str | Path) -> str | None:
+    """The base model folder a saved mixture recorded, if it is there now (its recorded path, taken
+    relative to ``mixture_dir`` when relative, else the ``name_or_path`` it was loaded from)."""
+    mixture_dir = Path(mixture_dir)
+    try:
+        base = json.loads((mixture_dir / MIXTURE_CONFIG).read_text()).get("base_model") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    for key in ("path", "name_or_path"):
+        value = base.get(key) if isinstance(base, dict) else None
+        if not value:
+            continue
+        folder = Path(value) if Path(value).is_absolute() or key == "name_or_path" else mixture_dir / value
+        if folder.is_dir():
+            return str(folder)
+    return None
+
+
 __all__ = ["MixtureConfig", "MixtureModel", "RoutedLinear", "RouteSite", "SiteTrace", "compose", "load_mixture",
-           "CONFIG_NAME", "WEIGHTS_NAME"]
+           "check_saved_expert", "compose_folders", "recorded_base", "recorded_path", "saved_expert_folder", "CONFIG_NAME", "WEIGHTS_NAME"]

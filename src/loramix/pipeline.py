@@ -60,12 +60,13 @@ ROUTER_METHODS = {  # name -> (router, top_k, router options); trained over the 
 }
 MERGES = {"merge_linear": "linear", "merge_ties": "ties", "merge_dare": "dare_ties"}
 PROMPT_ROUTERS = ("prompt_router", "prompt_router_fair")  # plain: fixed router; fair: the hard mixture's
-MIXTURE_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS, "remix", "mixlora_topk")
+REMIX_METHODS = {"remix": "remix", "mixlora_topk": "topk", "soft_trainable": "soft"}  # name -> router; fresh LoRAs
+MIXTURE_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS, *REMIX_METHODS)
 ADAPTER_METHODS = (*MERGES, "multitask_lora", "single_lora_same_active")
 METHOD_FAMILIES = ("base", "expert_rl", "expert_sft", "oracle", "segment_oracle", *ROUTER_METHODS, *MERGES,
-                   "multitask_lora", *PROMPT_ROUTERS, "remix", "mixlora_topk", "single_lora_same_active")
+                   "multitask_lora", *PROMPT_ROUTERS, *REMIX_METHODS, "single_lora_same_active")
 FROZEN_EXPERT_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS)  # mixtures over the frozen RL experts
-SEEDED_METHODS = (*ROUTER_METHODS, *PROMPT_ROUTERS, "remix", "mixlora_topk")  # trained with `recipe.seeds` seeds
+SEEDED_METHODS = (*ROUTER_METHODS, *PROMPT_ROUTERS, *REMIX_METHODS)  # trained with `recipe.seeds` seeds
 MIXED_METHODS = ("base", "segment_oracle", "mor_lora_hard", *PROMPT_ROUTERS)  # token- vs prompt-level
 MIXED_ALL_SEEDS = ("mor_lora_hard", "prompt_router_fair")  # the token- vs prompt-level comparison; others: 1 seed
 SEED_MARK = "-s"  # methods/mor_lora_hard-s1 is mor_lora_hard trained with seed + 1
@@ -190,7 +191,7 @@ class Pipeline:
                     learning_rate=e.learning_rate if method == "grpo" else e.sft_learning_rate,
                     sft_learning_rate=e.sft_learning_rate,
                     rank=e.rank, alpha=e.alpha, difficulty=self.r.difficulty, n_train=e.n_train,
-                    n_eval=e.n_eval, seed=self.r.seed, progress=self.progress)
+                    n_eval=e.n_eval, seed=self.r.seed, chat_template=self.r.chat_template, progress=self.progress)
                 train_expert(cfg, console=self.console)
 
     def distill(self) -> None:
@@ -202,7 +203,8 @@ class Pipeline:
         distill(DistillConfig(base=self.base, experts=[str(p) for p in self.rl_experts], tasks=list(self.r.tasks),
                               out=str(out), n_prompts=d.n_prompts, samples=d.samples, temperature=d.temperature,
                               max_per_prompt=d.max_per_prompt, max_per_task=d.max_per_task,
-                              difficulty=self.r.difficulty, seed=self.r.seed, task_kwargs=self.r.task_kwargs),
+                              difficulty=self.r.difficulty, seed=self.r.seed, task_kwargs=self.r.task_kwargs,
+                              chat_template=self.r.chat_template),
                 progress=self.progress)
         counts: dict[str, int] = {}
         for line in out.read_text().splitlines():
@@ -242,7 +244,8 @@ class Pipeline:
                     router_learning_rate=rc.router_learning_rate,
                     num_train_epochs=rc.num_train_epochs, max_steps=rc.max_steps, batch_size=rc.batch_size,
                     warmup_ratio=rc.warmup_ratio, lr_scheduler_type=rc.lr_scheduler_type,
-                    max_length=self.r.max_length, seed=seed, progress=self.progress))
+                    max_length=self.r.max_length, seed=seed, chat_template=self.r.chat_template,
+                    progress=self.progress))
         if (self.want("oracle") or self.want("segment_oracle")) and not self.path("methods", "oracle").exists():
             make_oracle_mixture(self.base, experts, list(self.r.tasks), self.path("methods", "oracle"))
         # plain: a fixed router over the experts; fair: the hard mixture (same experts, same attention
@@ -254,7 +257,8 @@ class Pipeline:
                 if not self.path("methods", run).exists():
                     build_prompt_router(self.base, experts, self.path("methods", run),
                                         traces=self.path("traces.jsonl"), seed=seed,
-                                        mixture=self.path("methods", hard) if name == "prompt_router_fair" else None)
+                                        mixture=self.path("methods", hard) if name == "prompt_router_fair" else None,
+                                        chat_template=self.r.chat_template)
 
     def train_baselines(self) -> None:
         traces, experts = str(self.path("traces_stage2.jsonl")), [str(p) for p in self.rl_experts]
@@ -268,14 +272,14 @@ class Pipeline:
                 train_multitask(MultitaskConfig(
                     base=self.base, traces=traces, out=str(self.path("methods", name)), rank=rank, steps=m.steps,
                     batch_size=m.batch_size, learning_rate=m.learning_rate, max_length=self.r.max_length,
-                    seed=self.r.seed, progress=self.progress))
-        for name, router in (("remix", "remix"), ("mixlora_topk", "topk")):
+                    seed=self.r.seed, chat_template=self.r.chat_template, progress=self.progress))
+        for name, router in REMIX_METHODS.items():
             for run, seed in self.runs_of(name) if self.want(name) else ():
                 train_remix(ReMixConfig(
                     out=self.path("methods", run), base=self.base, traces=Path(traces), router=router,
                     n_experts=x.n_experts, top_k=x.top_k, rank=x.rank, samples=x.samples, steps=x.steps,
                     batch_size=x.batch_size, learning_rate=x.learning_rate, max_length=self.r.max_length, seed=seed,
-                    logging_steps=max(1, x.steps // 20), progress=self.progress))
+                    chat_template=self.r.chat_template, logging_steps=max(1, x.steps // 20), progress=self.progress))
 
     def method_paths(self) -> dict[str, Path | str]:
         paths: dict[str, Path | str] = {}
@@ -295,7 +299,7 @@ class Pipeline:
     def _common_eval(self) -> dict:
         ev = self.r.evaluate
         return dict(split=ev.split, n=ev.n, difficulty=self.r.eval_difficulty, batch_size=ev.batch_size,
-                    seed=self.r.seed)
+                    seed=self.r.seed, chat_template=self.r.chat_template)
 
     def _eval_bar(self, jobs: list[tuple[str, object]], label: str):
         """Run ``jobs`` (name, zero-argument function) under one progress bar named ``label``."""

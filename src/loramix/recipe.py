@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramix.errors import DataError
+from loramix.tasks.base import DEFAULT_DIFFICULTY
 
 
 @dataclass
@@ -92,9 +93,12 @@ class Recipe:
     base: str = "default"
     tasks: list[str] = field(default_factory=lambda: ["add", "sort", "bool", "mod", "strings"])
     task_kwargs: dict = field(default_factory=dict)
-    difficulty: str = "medium"
-    eval_difficulty: str = "medium"
+    difficulty: str = DEFAULT_DIFFICULTY
+    eval_difficulty: str = DEFAULT_DIFFICULTY
     max_length: int = 512
+    # prompts rendered with the base tokenizer's chat template (a user message), when it has one
+    # (Instruct models); the embedded tiny base has none and keeps plain prompts. false: raw prompts
+    chat_template: bool = True
     seed: int = 0
     seeds: int = 1  # stage-2 methods are trained with seeds seed, seed + 1, ..., seed + seeds - 1
     methods: list[str] | None = None

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import datasets
 
 SPLITS = ("train", "validation", "test")
+# The difficulty the pipeline trains and evaluates at (``Recipe.difficulty`` / ``eval_difficulty``) and
+# the default of ``loramix evaluate`` / ``analyze``: one value, so their numbers agree.
+DEFAULT_DIFFICULTY = "medium"
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 
 

@@ -1,6 +1,10 @@
 """Stage 2a of MoR-LoRA: each frozen expert answers its own task's training prompts (greedy and
 sampled); only finished, verified-correct generations with non-empty reasoning are kept as traces.
 
+Prompts are generated from as the model sees them (``loramix.chat.render_prompt``: the chat template
+when the base's tokenizer has one and ``chat_template`` is on) but stored raw: every trainer renders a
+traces prompt at train time, and evaluation renders task prompts the same way.
+
 The output is JSONL, appended batch by batch (each line complete and fsynced). A rerun skips the
 prompts already done, and drops a torn last line, so an interrupted run resumes without duplicates.
 Each row records its provenance: expert, task, sampling mode, reward.
@@ -19,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loramix import __version__
+from loramix.chat import render_prompts
 from loramix.errors import LoramixError
 from loramix.experts import adapter_folders, load_experts
 from loramix.generation import generate
@@ -47,6 +52,7 @@ class DistillConfig:
     batch_size: int = 32
     difficulty: str = "medium"
     seed: int = 0
+    chat_template: bool = True  # generate from the chat-rendered prompt, when the tokenizer has a template
     task_kwargs: dict = field(default_factory=dict)  # per task name: kwargs for get_task (e.g. path=)
 
 
@@ -210,7 +216,7 @@ def _distill_job(job: _Job, cfg: DistillConfig, model, tok, state: _Resume, bar,
 
 def _generate_batch(model, tok, cfg: DistillConfig, expert_index: int, chunk):
     """One greedy and ``cfg.samples`` sampled completions of each prompt in the chunk."""
-    prompts = [ex.prompt for _, ex in chunk]
+    prompts = render_prompts(tok, [ex.prompt for _, ex in chunk], cfg.chat_template)
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     if not cfg.samples:
         return greedy, [[] for _ in chunk]

@@ -32,6 +32,7 @@ from rich.console import Console
 from transformers import set_seed
 
 import loramix
+from loramix.chat import render_prompt, user_message, uses_chat_template
 from loramix.errors import LoramixError
 from loramix.experts import MLP_MODULES
 from loramix.io import atomic_path, read_json, sha256_file, write_json
@@ -75,6 +76,7 @@ class ExpertTrainConfig:
     n_train: int = 1000  # train prompts
     n_eval: int = 100  # held-out (validation split) prompts for the before/after accuracy
     seed: int = 0
+    chat_template: bool = True  # prompts as chat (TRL applies the template), when the tokenizer has one
     logging_steps: int = 1
     save_steps: int = 10
     eval_batch_size: int = 100
@@ -204,35 +206,41 @@ def _examples(task, split: str, n: int, cfg: ExpertTrainConfig):
         return task.examples(split, n, seed=cfg.seed)
 
 
-def auto_completion_length(task, tokenizer, examples, max_positions: int | None) -> int:
-    """Longest reference completion (in tokens) plus 25% (at least 16), within the context window."""
+def auto_completion_length(task, tokenizer, examples, max_positions: int | None, chat_template: bool = True) -> int:
+    """Longest reference completion (in tokens) plus 25% (at least 16), within the context window
+    (prompts counted as rendered, ``loramix.chat.render_prompt``)."""
     refs = [task.reference_completion(ex) for ex in examples]
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
     budget = longest + max(16, longest // 4)
     if max_positions:
-        longest_prompt = max(len(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]) for ex in examples)
+        longest_prompt = max(len(tokenizer(render_prompt(tokenizer, ex.prompt, chat_template),
+                                           add_special_tokens=False)["input_ids"]) for ex in examples)
         budget = min(budget, max_positions - longest_prompt)
     if budget < 1:
         raise LoramixError(f"task {task.name!r}: prompts do not fit the base model's context ({max_positions})")
     return budget
 
 
-def _grpo_dataset(task, examples):
+def _grpo_dataset(task, examples, chat: bool = False):
+    """Prompts as text, or (``chat``) as one user message each: TRL then applies the template."""
     import datasets
 
     return datasets.Dataset.from_dict({
-        "prompt": [e.prompt for e in examples],
+        "prompt": [user_message(e.prompt) if chat else e.prompt for e in examples],
         "answer": [e.answer for e in examples],
         "task": [e.task or task.name for e in examples],
     })
 
 
-def _sft_dataset(task, examples):
+def _sft_dataset(task, examples, chat: bool = False):
+    """Prompt/completion text, or (``chat``) conversational: TRL renders the template and keeps the
+    loss on the assistant's reply."""
     import datasets
 
+    completions = [task.reference_completion(e) for e in examples]
     return datasets.Dataset.from_dict({
-        "prompt": [e.prompt for e in examples],
-        "completion": [task.reference_completion(e) for e in examples],
+        "prompt": [user_message(e.prompt) if chat else e.prompt for e in examples],
+        "completion": [[{"role": "assistant", "content": c}] for c in completions] if chat else completions,
     })
 
 
@@ -262,7 +270,8 @@ def _grpo_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Pat
                               max_completion_length=max_completion_length, beta=cfg.beta, shuffle_dataset=True,
                               log_completions=False)
     return GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
-                       train_dataset=_grpo_dataset(task, train_exs), processing_class=tok,
+                       train_dataset=_grpo_dataset(task, train_exs, uses_chat_template(tok, cfg.chat_template)),
+                       processing_class=tok,
                        peft_config=peft_config)
 
 
@@ -273,7 +282,8 @@ def _sft_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Path
     args = training_arguments(ckpt_dir, args_class=SFTConfig, **_common_args(cfg, steps, "sft"), max_length=max_len,
                               completion_only_loss=True, packing=False, shuffle_dataset=True)
     tok.padding_side = "right"
-    return SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(task, train_exs),
+    return SFTTrainer(model=model, args=args,
+                      train_dataset=_sft_dataset(task, train_exs, uses_chat_template(tok, cfg.chat_template)),
                       processing_class=tok, peft_config=peft_config)
 
 
@@ -404,15 +414,17 @@ def _prepare(cfg: ExpertTrainConfig, task, base_path: Path, base_sha: dict, init
 
     base_model, tok = load_model_and_tokenizer(base_path)
     max_pos = getattr(base_model.config, "max_position_embeddings", None)
-    mcl = cfg.max_completion_length or auto_completion_length(task, tok, train_exs, max_pos)
+    mcl = cfg.max_completion_length or auto_completion_length(task, tok, train_exs, max_pos, cfg.chat_template)
     before = _accuracy_before(cfg, work, base_model, tok, task, eval_exs, mcl, say)
     return _Prepared(task=task, base_path=base_path, base_sha=base_sha, init=init, train_exs=train_exs,
                      eval_exs=eval_exs, max_completion_length=mcl, before=before)
 
 
-def _timed_eval(model, tok, task, examples, max_new_tokens: int, batch_size: int) -> dict:
+def _timed_eval(model, tok, task, examples, max_new_tokens: int, batch_size: int, chat_template: bool = True) -> dict:
+    """Greedy accuracy on ``examples`` with their prompts rendered as training renders them."""
     t0 = time.perf_counter()
-    result = greedy_eval(model, tok, task, examples, max_new_tokens, batch_size)
+    rendered = [replace(ex, prompt=render_prompt(tok, ex.prompt, chat_template)) for ex in examples]
+    result = greedy_eval(model, tok, task, rendered, max_new_tokens, batch_size)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 
@@ -424,7 +436,7 @@ def _accuracy_before(cfg: ExpertTrainConfig, work: Path, base_model, tok, task, 
     if before_file.is_file():
         return json.loads(before_file.read_text())
     say(f"evaluating the base model on {len(eval_exs)} validation prompts of {task.name}")
-    before = _timed_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size)
+    before = _timed_eval(base_model, tok, task, eval_exs, mcl, cfg.eval_batch_size, cfg.chat_template)
     if processes().is_main_process:  # every rank evaluated; the main process alone caches it
         write_json(before_file, before)
     return before
@@ -455,7 +467,8 @@ def _accuracy_after(cfg: ExpertTrainConfig, prep: _Prepared, adapter: Path, say:
     model, tok = load_model_and_tokenizer(prep.base_path)
     model = PeftModel.from_pretrained(model, str(adapter)).eval()
     say(f"evaluating the expert on {len(prep.eval_exs)} validation prompts")
-    return _timed_eval(model, tok, prep.task, prep.eval_exs, prep.max_completion_length, cfg.eval_batch_size)
+    return _timed_eval(model, tok, prep.task, prep.eval_exs, prep.max_completion_length, cfg.eval_batch_size,
+                       cfg.chat_template)
 
 
 def _metrics(cfg: ExpertTrainConfig, prep: _Prepared, records: list[dict], after: dict) -> dict:

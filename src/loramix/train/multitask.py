@@ -1,5 +1,6 @@
 """One multi-task LoRA (same targets as the experts) trained by SFT on the union of the traces, loss
-on the completion only. ``rank`` is exposed so a pipeline can match a mixture's active parameter count
+on the completion only; rows are prompt/completion or chat ``messages`` (``loramix.train.data``).
+``rank`` is exposed so a pipeline can match a mixture's active parameter count
 (``single_lora_same_active``). Output: an ordinary PEFT adapter folder + ``metrics.json``."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from loramix.experts import MLP_MODULES
 from loramix.io import sha256_file
 from loramix.loading import load_base
 from loramix.train.common import RunFolder, count_trainable, loss_curve, run_trainer, torch_threads, training_arguments
-from loramix.train.data import completion_dataset, pad_collator, read_traces
+from loramix.train.data import completion_dataset, pad_collator, read_traces, trace_pairs
 
 
 @dataclass
@@ -36,6 +37,7 @@ class MultitaskConfig:
     learning_rate: float = 5e-4
     lr_scheduler_type: str = "constant"
     max_length: int = 512
+    chat_template: bool = True  # render prompts with the tokenizer's chat template, when it has one
     target_modules: tuple[str, ...] = MLP_MODULES
     seed: int = 0
     save_steps: int = 50
@@ -70,7 +72,8 @@ def _train_multitask(cfg: MultitaskConfig, callbacks: Sequence) -> Path:
         return run.out
     rows = read_traces(cfg.traces)  # a bad traces file is refused before the base is loaded
     model, tok, base_path = load_base(cfg.base)
-    data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
+    data = completion_dataset(tok, trace_pairs(tok, rows, chat_template=cfg.chat_template, path=cfg.traces),
+                              cfg.max_length)
     set_seed(cfg.seed)
     alpha = cfg.alpha if cfg.alpha is not None else 2.0 * cfg.rank
     pm = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",

@@ -4,6 +4,7 @@ loramix mixture folder (``fixed`` router) holding the classifier, plus ``metrics
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -15,27 +16,36 @@ from loramix import __version__
 from loramix.experts import adapter_folders
 from loramix.loading import load_base
 from loramix.baselines.prompt_router import PROMPT_ROUTER_CONFIG, PromptRouter, prompt_features
-from loramix.errors import LoramixError
+from loramix.chat import render_prompt, uses_chat_template
+from loramix.errors import DataError, LoramixError
 from loramix.io import atomic_path, write_json
 from loramix.mixture import compose, load_mixture
 from loramix.tasks import get_task
 from loramix.train.common import METRICS_FILE
-from loramix.train.data import read_traces
+from loramix.train.data import read_traces, trace_pair
+
+
+def _prompt_key(row: dict) -> str:
+    """What makes two traces rows the same prompt: the prompt text, or a chat row's messages before
+    the reply."""
+    return row["prompt"] if "messages" not in row else json.dumps(row["messages"][:-1], sort_keys=True)
 
 
 def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty):
-    """``(train, heldout)`` lists of ``(prompt, label, expert)``."""
+    """``(train, heldout)`` lists of ``(source, label, expert)``; ``source`` is a traces row or a raw
+    task prompt, rendered by ``_render`` once the tokenizer is loaded."""
     if traces is not None:
-        seen: dict[str, tuple[str, str, int]] = {}
+        seen: dict[str, tuple[dict, str, int]] = {}
         for r in read_traces(traces):
             label = r.get("task")
             expert = r.get("expert_index")
             if expert is None and label is not None and expert_for_task and label in expert_for_task:
                 expert = expert_for_task[label]
             if expert is None:
-                raise LoramixError(f"{traces}: a row has no expert_index (and its task {label!r} is not mapped)")
+                raise DataError(traces, f"{r.where}: field 'expert_index'",
+                                f"missing (and the row's task/domain {label!r} is not mapped to an expert)")
             label = str(label if label is not None else expert)
-            seen.setdefault(r["prompt"], (r["prompt"], label, int(expert)))
+            seen.setdefault(_prompt_key(r), (r, label, int(expert)))
         items = list(seen.values())
         random.Random(seed).shuffle(items)
         by_label: dict[str, list] = {}
@@ -57,6 +67,14 @@ def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty):
         train += [(e.prompt, name, expert) for e in task.examples("train", n_per_task, seed=seed, **kw)]
         held += [(e.prompt, name, expert) for e in task.examples("validation", max(1, n_per_task // 4), seed=seed, **kw)]
     return train, held
+
+
+def _render(tokenizer, sources: Sequence, chat_template: bool, traces) -> list[str]:
+    """Each prompt as the mixture sees it at evaluation (``loramix.chat.render_prompt``; a chat row's
+    messages before the reply, rendered with the generation prompt, as ``trace_pair`` does), so the
+    classifier is trained on the text it later routes."""
+    return [trace_pair(tokenizer, s, chat_template=chat_template, path=traces).prompt if isinstance(s, dict)
+            else render_prompt(tokenizer, s, chat_template) for s in sources]
 
 
 def fit_prompt_router(features: torch.Tensor, labels: Sequence[str], experts_of: dict[str, int], steps: int = 300,
@@ -84,7 +102,8 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
                         traces: str | Path | None = None, tasks: Sequence[str] | None = None,
                         expert_for_task: dict[str, int] | None = None, n_per_task: int = 200,
                         difficulty: str | None = None, steps: int = 300, lr: float = 0.05, seed: int = 0,
-                        batch_size: int = 32, mixture: str | Path | None = None) -> Path:
+                        batch_size: int = 32, mixture: str | Path | None = None,
+                        chat_template: bool = True) -> Path:
     """Train the prompt-level classifier and save a mixture folder holding it. Labels come from the
     traces (``task``, ``expert_index``; a fifth of each label's distinct prompts is held out) or from
     ``tasks`` (task i -> expert i unless ``expert_for_task``; held out: the validation split).
@@ -95,7 +114,9 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
     LoRA included, whose per-token router the classifier replaces by one decision per sequence:
     the fair prompt-level baseline, differing from the token-level mixture only in the granularity
     of the decision. The classifier's features are computed through the saved mixture with its
-    experts switched off, at training as at inference."""
+    experts switched off, at training as at inference, on the prompts as evaluation renders them
+    (the chat template when ``chat_template`` and the tokenizer has one; traces rows may be
+    prompt/completion or chat ``messages``)."""
     paths = adapter_folders(experts)
     train, held = _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty)
     if len({l for _, l, _ in train}) < 2:
@@ -114,19 +135,20 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
             raise LoramixError(f"{mixture}: its experts {have} differ from the ones given {[str(p) for p in paths]}")
     model.eval()
     start = time.perf_counter()
-    x_train = prompt_features(model, tok, [p for p, _, _ in train], batch_size)
+    x_train = prompt_features(model, tok, _render(tok, [p for p, _, _ in train], chat_template, traces), batch_size)
     router = fit_prompt_router(x_train, [l for _, l, _ in train], experts_of, steps=steps, lr=lr, seed=seed)
     train_acc = _accuracy(router.predict_labels(x_train), [l for _, l, _ in train])
     held_acc, per_label = None, {}
     if held:
-        x_held = prompt_features(model, tok, [p for p, _, _ in held], batch_size)
+        x_held = prompt_features(model, tok, _render(tok, [p for p, _, _ in held], chat_template, traces), batch_size)
         pred = router.predict_labels(x_held)
         gold = [l for _, l, _ in held]
         held_acc = _accuracy(pred, gold)
         per_label = {l: _accuracy([p for p, g in zip(pred, gold) if g == l], [l] * gold.count(l))
                      for l in sorted(set(gold))}
     seconds = time.perf_counter() - start
-    router.meta.update(base=str(base_path), seed=seed, mixture=None if mixture is None else str(mixture))
+    router.meta.update(base=str(base_path), seed=seed, mixture=None if mixture is None else str(mixture),
+                       chat_template=uses_chat_template(tok, chat_template))
     model.metadata["prompt_router"] = PROMPT_ROUTER_CONFIG
     classifier = router.weight.numel() + router.bias.numel()
     reused = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the mixture's router, attention LoRA
@@ -137,7 +159,7 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
                "heldout_accuracy": held_acc, "heldout_accuracy_per_label": per_label,
                "label_to_expert": dict(zip(router.labels, router.experts)),
                "classifier_parameters": classifier, "trainable_parameters": classifier + reused,
-               "steps": steps, "seed": seed}
+               "chat_template": uses_chat_template(tok, chat_template), "steps": steps, "seed": seed}
     out = Path(out)
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)

@@ -7,6 +7,7 @@ The trainer is the HF ``Trainer`` (so ``accelerate launch`` gives DDP/FSDP/DeepS
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from loramix.io import sha256_file
 from loramix.loading import load_base_model
 from loramix.mixture import MixtureConfig, MixtureModel, compose
 from loramix.train.common import RunFolder, run_trainer, training_arguments
-from loramix.train.data import completion_dataset, pad_collator, read_traces
+from loramix.train.data import completion_dataset, pad_collator, read_traces, trace_pairs
 from loramix.train.trainer import MixtureTrainer, RouterStepCallback
 
 # Fields that change how a run is executed or shown, not what it produces.
@@ -43,6 +44,7 @@ class RouterTrainConfig:
     save_steps: int = 50
     logging_steps: int = 5
     seed: int = 0
+    chat_template: bool = True  # render prompts with the tokenizer's chat template, when it has one
     progress: bool = True
     force: bool = False
 
@@ -59,7 +61,8 @@ def train_router(cfg: RouterTrainConfig) -> Path:
     adapter_folders(cfg.experts)  # bad input is refused before the base is built or loaded
     rows = read_traces(cfg.traces)
     model, tok = load_base_model(cfg.base)
-    data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], cfg.max_length)
+    data = completion_dataset(tok, trace_pairs(tok, rows, chat_template=cfg.chat_template, path=cfg.traces),
+                              cfg.max_length)
     mixture = compose(model, cfg.experts, cfg.mixture, seed=cfg.seed)
     mixture.record_routing = False
     args = training_arguments(
@@ -78,7 +81,9 @@ def train_router(cfg: RouterTrainConfig) -> Path:
                          callbacks=[RouterStepCallback()])
     mixture.record_routing = True
     inputs = [cfg.traces] + [str(Path(e) / WEIGHTS_NAME) for e in cfg.experts]
-    return save_mixture_run(run, mixture, cfg, trainer, ledger.seconds, resume is not None, inputs)
+    domains = dict(Counter(str(r["task"]) for r in rows if r.get("task") is not None))
+    return save_mixture_run(run, mixture, cfg, trainer, ledger.seconds, resume is not None, inputs,
+                            extra={"rows_per_domain": domains} if domains else None)
 
 
 def save_mixture_run(run: RunFolder, mixture: MixtureModel, cfg, trainer, seconds: float, resumed: bool,

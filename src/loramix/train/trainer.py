@@ -19,10 +19,12 @@ CHECKPOINT_MIXTURE = "mixture"
 
 
 class MixtureTrainer(Trainer):
-    """Also logs routing health with the loss: ``ess/<site>`` (ESS of the mean router distribution
-    over the batch's tokens), ``ess_mean`` (its mean over sites) and ``ess_token`` (the mean per-token
-    ESS of the weights tokens used: k for ReMix, toward 1 for a collapsing soft router), so
-    ``train_log.json`` shows collapse over steps."""
+    """Also logs routing health with the loss, so ``train_log.json`` shows collapse over steps:
+    ``ess/<site>`` (ESS of the router distribution q averaged over the batch's tokens), ``ess_mean``
+    and ``ess_worst`` (its mean and minimum over sites), ``ess_token`` (the mean per-token ESS of the
+    weights tokens used: k for ReMix by construction, toward 1 for a collapsing soft router) and
+    ``ess_q_token`` / ``ess_q_token_worst`` (the mean per-token ESS of q itself, mean and minimum over
+    sites: the measure that compares a soft mixture, top-k and ReMix on the same footing)."""
 
     def __init__(self, *args, router_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,7 +64,7 @@ class MixtureTrainer(Trainer):
     def record_routing(self, attention_mask: torch.Tensor | None) -> None:
         """ESS per site of the last forward (``Routing.probs`` averaged over real tokens)."""
         mixture = self.accelerator.unwrap_model(self.model)
-        values, tokens = [], []
+        values, tokens, q_tokens = [], [], []
         for site in mixture.sites:
             probs = site.routing.probs if site.routing is not None else None
             if probs is None or probs.dim() != 3:
@@ -76,9 +78,13 @@ class MixtureTrainer(Trainer):
             w = site.routing.weights.float()  # per token: ESS of the weights it actually used
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
             tokens.append((effective_sample_size(w) * mask[..., 0]).sum() / mask.sum().clamp_min(1.0))
+            q_tokens.append((effective_sample_size(probs.float()) * mask[..., 0]).sum() / mask.sum().clamp_min(1.0))
         if values:
             self.log_metric("ess_mean", torch.stack(values).mean())
+            self.log_metric("ess_worst", torch.stack(values).min())
             self.log_metric("ess_token", torch.stack(tokens).mean())
+            self.log_metric("ess_q_token", torch.stack(q_tokens).mean())
+            self.log_metric("ess_q_token_worst", torch.stack(q_tokens).min())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._step_metrics and "loss" in logs:

@@ -15,23 +15,25 @@ from loramix.experts import adapter_folders, expert_digests
 from loramix.io import write_json
 from loramix.loading import load_base
 from loramix.train.common import RunFolder, count_trainable, loss_curve, run_trainer, training_arguments
-from loramix.train.data import completion_dataset, pad_collator, read_traces
+from loramix.train.data import completion_dataset, pad_collator, read_traces, trace_pairs
 
 
 def build_xlora(base: str | Path, experts: Sequence[str | Path], out: str | Path, *, traces: str | Path | None = None,
                 steps: int = 0, batch_size: int = 8, learning_rate: float = 1e-3, max_length: int = 512,
-                seed: int = 0, progress: bool = True, **xlora_options) -> Path:
+                seed: int = 0, chat_template: bool = True, progress: bool = True, **xlora_options) -> Path:
     """PEFT X-LoRA over the experts (adapter names ``"0"``, ``"1"``, ...). With ``traces`` and
     ``steps > 0`` its classifier is trained by SFT (HF Trainer, loss on completion tokens; the experts
-    stay frozen). Saved as a recipe folder: ``loramix_baseline.json`` (kind ``xlora``, base, experts
-    and their sha256, the X-LoRA options) + ``xlora_classifier.safetensors`` (+ ``metrics.json``).
-    Reopen with ``load_baseline``. Generation runs without a KV cache (X-LoRA's requirement).
+    stay frozen; rows are prompt/completion or chat ``messages``, prompts rendered with the chat
+    template when ``chat_template`` and the tokenizer has one, as evaluation renders them). Saved as
+    a recipe folder: ``loramix_baseline.json`` (kind ``xlora``, base, experts and their sha256, the
+    X-LoRA options) + ``xlora_classifier.safetensors`` (+ ``metrics.json``). Reopen with
+    ``load_baseline``. Generation runs without a KV cache (X-LoRA's requirement).
     ``xlora_options``: fields of PEFT's ``XLoraConfig`` (defaults ``XLORA_DEFAULTS``)."""
     paths = adapter_folders(experts)
     options = {**XLORA_DEFAULTS, **xlora_options}
     identity = {"base": str(base), "experts": [str(p) for p in paths], "traces": None if traces is None else str(traces),
                 "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "max_length": max_length,
-                "seed": seed, "options": options}
+                "seed": seed, "chat_template": chat_template, "options": options}
     run = RunFolder(out, identity, force=True, what="X-LoRA baseline")  # nothing to resume: rebuilt each time
     train = traces is not None and steps > 0
     rows = read_traces(traces) if train else []  # a bad traces file is refused before the base is loaded
@@ -39,7 +41,7 @@ def build_xlora(base: str | Path, experts: Sequence[str | Path], out: str | Path
     xm = _xlora_model(model, paths, options, seed)
     trainer = None
     if train:
-        data = completion_dataset(tok, [(r["prompt"], r["completion"]) for r in rows], max_length)
+        data = completion_dataset(tok, trace_pairs(tok, rows, chat_template=chat_template, path=traces), max_length)
         args = training_arguments(
             run.open(), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
             lr_scheduler_type="constant", logging_steps=max(1, steps // 20), save_strategy="no", seed=seed,
@@ -53,7 +55,8 @@ def build_xlora(base: str | Path, experts: Sequence[str | Path], out: str | Path
     recipe = {"kind": "xlora", "loramix_version": __version__, "base": str(base_path),
               "experts": [str(p.resolve()) for p in paths], "experts_sha256": [expert_digests(p) for p in paths],
               "options": options, "seed": seed, "trained": bool(history),
-              "traces": str(traces) if traces is not None else None, "steps": steps if history else 0}
+              "traces": str(traces) if traces is not None else None, "steps": steps if history else 0,
+              "chat_template": chat_template}
     metrics = {"kind": "xlora", "train_seconds": round(seconds, 3) if trainer is not None else 0.0,
                "trainable_parameters": count_trainable(clf), "loss_curve": loss_curve(history)}
 
