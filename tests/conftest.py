@@ -209,3 +209,39 @@ def digits_task(task_name: str):
             return True
 
     return DigitsTask
+
+
+# A Qwen-style chat template (ChatML): the markers are plain text to the character tokenizer and
+# special tokens to `bpe_chat_tokenizer`.
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat_tokenizer(template: str = CHAT_TEMPLATE):
+    """The tiny base's character tokenizer with a chat template."""
+    from loramix.base_model import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = template
+    return tok
+
+
+def bpe_chat_tokenizer(texts, vocab_size: int = 600, template: str = CHAT_TEMPLATE):
+    """A real-shaped (Qwen2-like) tokenizer: byte-level BPE trained on ``texts``, so it encodes any
+    text, with ``<|endoftext|>`` as pad, ``<|im_end|>`` as eos (what an Instruct model ends its turn
+    with), ``<|im_start|>`` special, and ``template``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(list(texts), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>"], padding_side="left",
+                                  clean_up_tokenization_spaces=False, model_max_length=4096)
+    tok.chat_template = template
+    return tok

@@ -12,19 +12,8 @@ from loramix.errors import DataError
 from loramix.generation import Completion
 from loramix.train.data import completion_dataset, read_traces, trace_pairs
 
-from conftest import make_adapter
-
-# A Qwen-style template, in characters the tiny base's character vocabulary holds.
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def chat_tokenizer(template: str = TEMPLATE):
-    from loramix.base_model import build_tokenizer
-
-    tok = build_tokenizer()
-    tok.chat_template = template
-    return tok
+from conftest import CHAT_TEMPLATE as TEMPLATE
+from conftest import chat_tokenizer, make_adapter
 
 
 @pytest.fixture(scope="module")

@@ -417,6 +417,7 @@ def analyze_mixture(
     routing: str = "model",
     html_examples: int = 3,
     chat_template: bool = True,
+    task_kwargs: dict | None = None,
 ) -> dict:
     """Generate for ``n`` examples per task with routing recorded, and summarise the routing.
 
@@ -424,7 +425,7 @@ def analyze_mixture(
     equal task names, else accuracy is left out). train_log: a path or a list of log dicts (ESS over
     steps). layer: the site index the HTML colours by (None: majority over sites). With ``out``, the
     folder gets analysis.json, usage_heatmap.png, ess_steps.png (with a log) and tokens.html, all at
-    once. Returns the content of analysis.json.
+    once. task_kwargs: per task, its data (``loramix.tasks.splits``). Returns the content of analysis.json.
     """
     if not isinstance(mixture, MixtureModel):
         raise LoramixError("analyze needs a loramix mixture (a folder with mixture_config.json)")
@@ -434,7 +435,8 @@ def analyze_mixture(
     report = evaluate_model(mixture, tokenizer, names, split=split, n=n, difficulty=difficulty,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                             routing=routing, expert_for_task=emap if routing == "oracle" else None,
-                            collect_routing=True, keep_samples=html_examples, chat_template=chat_template)
+                            collect_routing=True, keep_samples=html_examples, chat_template=chat_template,
+                            task_kwargs=task_kwargs)
     summaries = {t: task_routing_summary(report.routing[t], mixture.num_experts, emap) for t in names}
     result = _analysis_result(mixture, report, summaries, emap, log_rows, layer)
     if out is not None:

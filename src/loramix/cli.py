@@ -45,13 +45,30 @@ def pipeline(
     root: Path = typer.Option(Path("runs"), "--root", help="Runs folder; outputs go to <root>/<recipe name>."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's results section."),
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="Print only the final tables (and errors)."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help=(
+        "Check the recipe without training (base config and tokenizer, data files, disjoint splits, token "
+        "budgets) and print the plan; exit 1 on any problem.")),
+    base: Optional[str] = typer.Option(None, "--base", help="Use this base model folder instead of the recipe's."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=(
+        "Use this file for a task's split instead of the recipe's (repeatable; TASK=FILE: every split).")),
 ) -> None:
     """The whole experiment, resumable: experts, traces, MoR-LoRA, baselines, evaluation, report."""
     from loramix.pipeline import run_pipeline
-    from loramix.recipe import load_recipe
+    from loramix.recipe import load_recipe, with_overrides
     from loramix.report import tables_markdown, update_readme
+    from loramix.tasks.splits import parse_data
 
     recipe = load_recipe(config)
+    recipe = with_overrides(recipe, base, parse_data(data, [*recipe.tasks, *(t for p in recipe.evaluate.mixed_pairs
+                                                                              for t in p)]))
+    if dry_run:
+        from loramix.dryrun import dry_run as check, print_dry_run
+
+        result = check(recipe)
+        print_dry_run(result, console)
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     report = run_pipeline(recipe, root, console=console, progress=not quiet)
     console.print(tables_markdown(report), highlight=False, soft_wrap=True)
     if not quiet:
@@ -192,11 +209,15 @@ def base_path() -> None:
 
 CHAT_TEMPLATE_HELP = ("Render prompts with the base tokenizer's chat template (one user message), when it has one "
                       "(Instruct models; the embedded base has none).")
+DATA_HELP = ("A benchmark's data, per split: TASK:SPLIT=FILE (SPLIT: train, validation or test; for CoLA and BoolQ "
+             "test is the dev file), or TASK=FILE for one file or save_to_disk folder for every split. Repeatable: "
+             "--data gsm8k:train=data/gsm8k/train.jsonl --data gsm8k:test=data/gsm8k/test.jsonl.")
 
 
 @app.command("train-expert")
 def train_expert_cmd(
     task: str = typer.Option(..., "--task", help="Task name (see `loramix tasks list`)."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
     out: Path = typer.Option(..., "--out", help="Output adapter folder (appears only when complete)."),
     method: str = typer.Option("grpo", "--method", help="grpo (RLVR) or sft (on reference traces)."),
@@ -226,10 +247,11 @@ def train_expert_cmd(
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar or messages."),
 ) -> None:
     """Train one LoRA expert (MLP projections) on one task by GRPO or SFT; resumes if interrupted."""
+    from loramix.tasks.splits import parse_data
     from loramix.train import ExpertTrainConfig, train_expert
 
     config = ExpertTrainConfig(
-        task=task, base=base, out=out, method=method, sft_warmup_steps=sft_warmup_steps, steps=steps,
+        task=task, task_kwargs=parse_data(data, [task]).get(task, {}), base=base, out=out, method=method, sft_warmup_steps=sft_warmup_steps, steps=steps,
         batch_size=batch_size, num_generations=num_generations, temperature=temperature,
         max_completion_length=max_completion_length, learning_rate=lr, sft_learning_rate=sft_lr,
         init_adapter=init_adapter, rank=rank, alpha=alpha, dropout=dropout, beta=beta, difficulty=difficulty,
@@ -244,6 +266,7 @@ def train_remix_cmd(
     out: Path = typer.Option(..., "--out", help="Output mixture folder (appears only when complete)."),
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
     task: Optional[list[str]] = typer.Option(None, "--task", "--tasks", help="Task(s) whose reference traces to train on (repeatable or comma-separated)."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     traces: Optional[Path] = typer.Option(None, "--traces", help="Traces JSONL: prompt/completion or chat messages rows, optional domain."),
     router: str = typer.Option("remix", "--router", help="remix (RLOO, sampled top-k) or topk (MixLoRA baseline)."),
     n_experts: int = typer.Option(8, "--n-experts", "--experts-n", help="Fresh LoRA experts per layer."),
@@ -268,10 +291,11 @@ def train_remix_cmd(
     force: bool = typer.Option(False, "--force", metavar="", help="Retrain even if --out holds a run with another config."),
 ) -> None:
     """Train fresh LoRA experts + per-layer routers with ReMix (RLOO) or the top-k baseline."""
+    from loramix.tasks.splits import parse_data
     from loramix.train.remix import ReMixConfig, train_remix
 
     config = ReMixConfig(
-        out=out, base=base, tasks=tuple(_bl_split(task)), traces=traces, router=router, n_experts=n_experts, top_k=top_k,
+        out=out, base=base, tasks=tuple(_bl_split(task)), task_kwargs=parse_data(data, _bl_split(task)), traces=traces, router=router, n_experts=n_experts, top_k=top_k,
         rank=rank, samples=samples, omega=omega, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         router_learning_rate=router_learning_rate,
         n_examples=n_examples, difficulty=difficulty, max_length=max_length, logq_tokens=logq_tokens, seed=seed,
@@ -340,6 +364,7 @@ def train_prompt_router_cmd(
     out: Path = typer.Option(..., "--out", help="Output mixture folder (fixed router + prompt_router.*)."),
     traces: Optional[Path] = typer.Option(None, "--traces", help="Traces JSONL with task and expert_index per row."),
     tasks: Optional[list[str]] = typer.Option(None, "--tasks", "--task", help="Or: task names, task i -> expert i."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     n_per_task: int = typer.Option(200, "--n-per-task", help="With --tasks: train prompts per task."),
     steps: int = typer.Option(300, "--steps", help="Classifier optimizer steps (full batch)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -351,9 +376,11 @@ def train_prompt_router_cmd(
     """Train a prompt-level router: one expert per prompt from the base model's mean-pooled prompt states."""
     import json as _json
 
+    from loramix.tasks.splits import parse_data
     from loramix.train.prompt_router import build_prompt_router
 
     path = build_prompt_router(base, _bl_split(experts), out, traces=traces, tasks=_bl_split(tasks) or None,
+                               task_kwargs=parse_data(data, _bl_split(tasks)),
                                n_per_task=n_per_task, steps=steps, seed=seed, mixture=mixture,
                                chat_template=chat_template)
     acc = _json.loads((path / "metrics.json").read_text())["heldout_accuracy"]
@@ -419,6 +446,7 @@ def distill_cmd(
     base: str = typer.Option("default", "--base", help="Base model folder, or 'default' for the embedded base."),
     experts: list[str] = typer.Option(..., "--experts", "--expert", help="Expert adapter folders, one per task (repeatable or comma-separated)."),
     tasks: list[str] = typer.Option(..., "--tasks", "--task", help="One task per expert, in order."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Traces JSONL (appended batch by batch; a rerun resumes)."),
     n_prompts: int = typer.Option(200, "--n-prompts", help="Training prompts per task."),
     samples: int = typer.Option(4, "--samples", help="Sampled generations per prompt (plus one greedy)."),
@@ -433,9 +461,11 @@ def distill_cmd(
     quiet: bool = typer.Option(False, "--quiet", metavar="", help="No progress bar."),
 ) -> None:
     """Stage 2a: each expert answers its task's train prompts; verified traces go to a JSONL file."""
+    from loramix.tasks.splits import parse_data
     from loramix.train.distill import DistillConfig, distill
 
     cfg = DistillConfig(base=base, experts=_bl_split(experts), tasks=_bl_split(tasks), out=str(out),
+                        task_kwargs=parse_data(data, _bl_split(tasks)),
                         n_prompts=n_prompts, samples=samples, temperature=temperature,
                         max_per_prompt=max_per_prompt, max_per_task=max_per_task, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, difficulty=difficulty, seed=seed, chat_template=chat_template)
@@ -533,6 +563,7 @@ def _task_list(values: Optional[list[str]]) -> list[str]:
 def evaluate_cmd(
     model: str = typer.Argument(..., help="'default', an HF model folder, a PEFT adapter folder or a mixture folder."),
     tasks: list[str] = typer.Option(..., "--tasks", "--task", help="Task names (repeatable or comma-separated); a+b is a mixed prompt."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter or mixture, or 'default' (default: the one it recorded)."),
     mixed: bool = typer.Option(False, "--mixed", metavar="", help="Evaluate every pair of the tasks as mixed-domain prompts."),
     n: int = typer.Option(200, "--n", help="Examples per task."),
@@ -552,8 +583,9 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy, format rate and completion length per task, by batched generation."""
     from loramix.evaluate import evaluate_path, report_table
+    from loramix.tasks.splits import parse_data
 
-    report = evaluate_path(model, _task_list(tasks), base=base, expert_for=expert_for, out=out, mixed=mixed, n=n,
+    report = evaluate_path(model, _task_list(tasks), task_kwargs=parse_data(data), base=base, expert_for=expert_for, out=out, mixed=mixed, n=n,
                            split=split, difficulty=difficulty, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            do_sample=do_sample, temperature=temperature, top_p=top_p, routing=routing, seed=seed,
                            chat_template=chat_template, experts_dir=experts_dir)
@@ -566,6 +598,7 @@ def evaluate_cmd(
 def analyze_cmd(
     mixture: Path = typer.Argument(..., help="A loramix mixture folder."),
     tasks: list[str] = typer.Option(..., "--tasks", "--task", help="Task names (repeatable or comma-separated); a+b is a mixed prompt."),
+    data: Optional[list[str]] = typer.Option(None, "--data", metavar="TASK:SPLIT=FILE", help=DATA_HELP),
     base: Optional[str] = typer.Option(None, "--base", help="Base model folder or 'default' (default: the one the mixture recorded)."),
     out: Path = typer.Option(..., "--out", help="Output folder: analysis.json, usage_heatmap.png, ess_steps.png, tokens.html."),
     expert_for: Optional[list[str]] = typer.Option(None, "--expert-for", help="TASK=INDEX (default: experts named like tasks)."),
@@ -583,8 +616,9 @@ def analyze_cmd(
 ) -> None:
     """Routing analysis of a mixture: expert shares, routing accuracy, max mass, ESS, token colours."""
     from loramix.analysis import analyze_path, summary_table
+    from loramix.tasks.splits import parse_data
 
-    result = analyze_path(mixture, _task_list(tasks), base=base, expert_for=expert_for, out=out, train_log=train_log,
+    result = analyze_path(mixture, _task_list(tasks), task_kwargs=parse_data(data), base=base, expert_for=expert_for, out=out, train_log=train_log,
                           n=n, mixed=mixed, layer=layer, split=split, difficulty=difficulty, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, routing=routing, seed=seed, chat_template=chat_template)
     console.print(summary_table(result))

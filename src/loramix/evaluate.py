@@ -51,6 +51,7 @@ from loramix.loading import load_base_model
 from loramix.mixture import MIXTURE_CONFIG, MixtureModel, load_mixture, recorded_base
 from loramix.tasks.base import DEFAULT_DIFFICULTY
 from loramix.tasks.format import has_json_answer, has_think
+from loramix.tasks.splits import build_task
 from loramix.tasks.mixed import (MIXED_SEP, MixedExample, MixedTask, completion_segments, labels_to_tokens,
                                  mixed_answers, mixed_examples, mixed_reference_completion,
                                  prompt_segments, prompt_token_segments, resolve_task, segment_at, token_spans)
@@ -417,10 +418,11 @@ def _plan_routing(model, task_names: Sequence[str], routing: str | None, expert_
     return _RoutingPlan(is_mix, routing, expert_for_task, collect_routing)
 
 
-def _default_max_new_tokens(tokenizer, resolved: Sequence[tuple[str, Any]], examples: dict[str, list]) -> int:
-    """1.25 x the longest reference completion (in tokens) + 8."""
+def _default_max_new_tokens(tokenizer, task, examples: Sequence) -> int:
+    """One task's budget: 1.25 x its longest reference completion (in tokens) + 8. Per task, so a
+    task's budget does not depend on which tasks are evaluated with it."""
     longest = max(len(tokenizer(task.reference_completion(e), add_special_tokens=False)["input_ids"])
-                  for name, task in resolved for e in examples[name])
+                  for e in examples)
     return int(math.ceil(1.25 * longest)) + 8
 
 
@@ -497,11 +499,14 @@ def evaluate_model(
     collect_routing: bool = False,
     keep_samples: int = 3,
     chat_template: bool = True,
+    task_kwargs: dict | None = None,
 ) -> EvalReport:
     """Generate for ``n`` examples of each task (greedy unless ``do_sample``) and verify them.
 
     tasks: task names; ``"a+b"`` is a mixed prompt; ``mixed=True`` turns plain names into all pairs.
-    max_new_tokens: None gives 1.25 x the longest reference completion (in tokens) + 8.
+    max_new_tokens: None gives each task its own budget, 1.25 x its longest reference completion
+    (in tokens) + 8 (``config["max_new_tokens_per_task"]``; ``config["max_new_tokens"]`` the largest).
+    task_kwargs: per task, its data (``{"gsm8k": {"test": FILE}}``; ``loramix.tasks.splits``).
     routing: for a MixtureModel, ``model`` (default), ``oracle`` (needs ``expert_for_task`` or expert
     names equal to task names) or ``prompt``. Must be None/``model`` for other models.
     collect_routing: keep per-sequence routing records (``report.routing[task]``; mixtures only).
@@ -509,20 +514,22 @@ def evaluate_model(
     has one (``loramix.chat.render_prompt``); False keeps the raw prompts.
     """
     task_names = parse_tasks(tasks, mixed)
-    resolved = [(name, resolve_task(name)) for name in task_names]  # unknown names fail first
+    resolved = [(name, build_task(name, task_kwargs)) for name in task_names]  # unknown names fail first
     plan = _plan_routing(model, task_names, routing, expert_for_task, collect_routing)
     if n < 1:
         raise LoramixError(f"n must be at least 1, got {n}")
     examples = {name: task.examples(split, n, seed=seed, difficulty=difficulty) for name, task in resolved}
-    if max_new_tokens is None:
-        max_new_tokens = _default_max_new_tokens(tokenizer, resolved, examples)
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+    budgets = {name: _default_max_new_tokens(tokenizer, task, examples[name]) if max_new_tokens is None
+               else max_new_tokens for name, task in resolved}
+    gen_kwargs = {"batch_size": batch_size, "do_sample": do_sample,
                   "temperature": temperature, "top_p": top_p, "num_return_sequences": num_return_sequences,
                   "seed": seed if do_sample else None}
-    results = {name: _evaluate_task(model, tokenizer, name, task, examples[name], plan, gen_kwargs, split,
-                                    keep_samples, chat_template) for name, task in resolved}
+    results = {name: _evaluate_task(model, tokenizer, name, task, examples[name], plan,
+                                    {**gen_kwargs, "max_new_tokens": budgets[name]}, split, keep_samples, chat_template)
+               for name, task in resolved}
     config = {"split": split, "n": n, "difficulty": difficulty, "batch_size": batch_size,
-              "max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+              "max_new_tokens": max(budgets.values()), "max_new_tokens_per_task": budgets, "do_sample": do_sample,
+              "temperature": temperature,
               "top_p": top_p, "num_return_sequences": num_return_sequences, "seed": seed,
               "chat_template": uses_chat_template(tokenizer, chat_template)}
     return _build_report(results, config, plan, task_names)
@@ -705,13 +712,13 @@ def report_table(report: EvalReport, title: str | None = None):
 
 def check_tasks(tasks: Sequence[str], *, mixed: bool = False, split: str = "test",
                 difficulty: str | int = DEFAULT_DIFFICULTY,
-                n: int = 1, routing: str | None = None, seed: int = 0) -> list[str]:
+                n: int = 1, routing: str | None = None, seed: int = 0, task_kwargs: dict | None = None) -> list[str]:
     """Everything about an evaluation that needs no model, checked before one is loaded (or built):
     the task names (an unknown one is refused naming the valid ones), ``n``, the routing mode, and
     the split and difficulty, by drawing one example of each task (which also reads a benchmark
     task's data file). Returns the task names, as ``parse_tasks``."""
     names = parse_tasks(tasks, mixed)
-    resolved = [resolve_task(name) for name in names]
+    resolved = [build_task(name, task_kwargs) for name in names]
     if routing is not None and routing not in ROUTING_MODES:
         raise unknown_name("routing mode", routing, ROUTING_MODES)
     if n < 1:
@@ -737,7 +744,8 @@ def check_writable(out: str | Path, what: str = "--out") -> None:
 def task_options(fn, kwargs: dict) -> dict:
     """The options ``check_tasks`` takes, as given in ``kwargs`` for ``fn`` (else ``fn``'s defaults)."""
     params = inspect.signature(fn).parameters
-    return {k: kwargs.get(k, params[k].default) for k in ("mixed", "split", "difficulty", "n", "routing", "seed")}
+    return {k: kwargs.get(k, params[k].default)
+            for k in ("mixed", "split", "difficulty", "n", "routing", "seed", "task_kwargs")}
 
 
 def evaluate_path(model_path: str | Path, tasks: Sequence[str], *, base: str | None = None,

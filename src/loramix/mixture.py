@@ -49,7 +49,8 @@ class MixtureConfig:
     top_k: experts per token (None: the router's default; hard 1, topk and remix 2, soft all).
     shared_router: one router for all sites (MoR-LoRA) or one per site (ReMix).
     router_options: the router's own ``Options`` (e.g. ``HardOptions(ste="chosen")``); None: defaults.
-    attention_lora_rank: if > 0, a trainable PEFT LoRA on ``attention_targets`` (alpha: None = rank).
+    attention_lora_rank: if > 0, a trainable PEFT LoRA on ``attention_targets`` (alpha: None = rank;
+    dropout: ``attention_lora_dropout``).
     load_balance_coef, z_loss_coef: auxiliary losses added to the training loss.
     trainable_experts: the experts train too (ReMix); else they are frozen buffers.
     """
@@ -60,6 +61,7 @@ class MixtureConfig:
     router_options: RouterOptions | None = None
     attention_lora_rank: int = 0
     attention_lora_alpha: float | None = None
+    attention_lora_dropout: float = 0.0  # PEFT LoraConfig.lora_dropout of the attention LoRA
     attention_targets: tuple[str, ...] = ATTENTION_TARGETS
     load_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
@@ -68,6 +70,8 @@ class MixtureConfig:
     def __post_init__(self):
         self.router_options = build_options(router_class(self.router), self.router_options)
         self.attention_targets = tuple(self.attention_targets)
+        if not 0 <= self.attention_lora_dropout < 1:
+            raise LoramixError(f"attention_lora_dropout must be in [0, 1), got {self.attention_lora_dropout!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -461,7 +465,8 @@ def _add_attention_lora(model, mixture_config: MixtureConfig, routed: set[str]) 
     clash = [m for m in routed if m.rpartition(".")[2] in targets]
     if clash:
         raise LoramixError(f"attention LoRA targets {targets} overlap routed expert modules, e.g. {clash[0]}")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=mixture_config.attention_lora_dropout,
+                        target_modules=targets, bias="none")
     inject_adapter_in_model(config, model, adapter_name=ATTENTION_ADAPTER)
     for name, p in model.named_parameters():
         p.requires_grad_(f"lora_A.{ATTENTION_ADAPTER}." in name or f"lora_B.{ATTENTION_ADAPTER}." in name)

@@ -40,9 +40,10 @@ from loramix.loading import resolve_base
 from loramix.mixture import MixtureConfig
 from loramix.recipe import Recipe
 from loramix.report import build_report, write_report
-from loramix.routers import GumbelOptions, HardOptions, TopKOptions
+from loramix.routers import STE_MODES, GumbelOptions, HardOptions, TopKOptions
 from loramix.tasks import list_tasks
 from loramix.tasks.mixed import mixed_examples, mixed_reference_completion
+from loramix.tasks.splits import build_task, check_disjoint
 from loramix.train.common import quiet_hf
 from loramix.train.distill import DistillConfig, distill
 from loramix.train.experts import ExpertTrainConfig, train_expert
@@ -100,10 +101,28 @@ class Pipeline:
         for name in sorted({*recipe.tasks, *(t for pair in recipe.evaluate.mixed_pairs for t in pair)}):
             if name not in known:  # refused before any model is built or loaded
                 raise unknown_name("task", name, known)
+        self._check_data()
+        if recipe.router.ste not in STE_MODES:  # refused before anything runs
+            raise LoramixError(f"recipe router.ste: unknown {recipe.router.ste!r}; valid: {', '.join(STE_MODES)}")
         self.timings: dict[str, float] = {}  # per stage: seconds over the runs in which it wrote something
         self.run_seconds: dict[str, float] = {}  # per stage: seconds in this run
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _check_data(self) -> None:
+        """The recipe's data, before anything runs: every task_kwargs entry names a task of the
+        recipe, and no benchmark trains and is evaluated on the same rows (``check_disjoint``)."""
+        names = [*self.r.tasks, *(t for pair in self.r.evaluate.mixed_pairs for t in pair)]
+        for name, kwargs in self.r.task_kwargs.items():
+            if name not in names:
+                raise LoramixError(f"recipe task_kwargs.{name}: not a task of the recipe ({', '.join(self.r.tasks)})")
+            if not isinstance(kwargs, dict):
+                raise LoramixError(f"recipe task_kwargs.{name}: must be a mapping such as {{train: FILE, test: FILE}}")
+        check_disjoint(self.r.task_kwargs, list(self.r.task_kwargs))
+
+    def task(self, name: str):
+        """The task ``name`` with the recipe's data for it: every stage builds its tasks here."""
+        return build_task(name, self.r.task_kwargs)
+
     def stage(self, name: str, fn, *args, keep_time: bool = True, **kwargs):
         """Run one stage. Its time is added to the kept ``timings`` (``stage_seconds.json``) only when
         it wrote something, or has no time on record yet: a cached stage keeps its original time.
@@ -182,11 +201,13 @@ class Pipeline:
             for task in self.r.tasks:
                 init = self.path("experts", "sft", task) if method == "grpo" and e.grpo_from_sft else None
                 cfg = ExpertTrainConfig(
-                    task=task, out=self.path("experts", "rl" if method == "grpo" else "sft", task), base=self.base,
+                    task=task, task_kwargs=self.r.task_kwargs.get(task, {}),
+                    out=self.path("experts", "rl" if method == "grpo" else "sft", task), base=self.base,
                     init_adapter=init,
                     method=method, sft_warmup_steps=e.sft_warmup_steps if method == "grpo" else 0,
                     steps=e.steps if method == "grpo" else e.sft_steps, batch_size=e.batch_size,
-                    num_generations=e.num_generations, temperature=e.temperature,
+                    num_generations=e.num_generations, temperature=e.temperature, top_p=e.top_p, beta=e.beta,
+                    lr_scheduler_type=e.lr_scheduler_type, warmup_ratio=e.warmup_ratio, dropout=e.dropout,
                     max_completion_length=e.max_completion_length,
                     learning_rate=e.learning_rate if method == "grpo" else e.sft_learning_rate,
                     sft_learning_rate=e.sft_learning_rate,
@@ -203,8 +224,8 @@ class Pipeline:
         distill(DistillConfig(base=self.base, experts=[str(p) for p in self.rl_experts], tasks=list(self.r.tasks),
                               out=str(out), n_prompts=d.n_prompts, samples=d.samples, temperature=d.temperature,
                               max_per_prompt=d.max_per_prompt, max_per_task=d.max_per_task,
-                              difficulty=self.r.difficulty, seed=self.r.seed, task_kwargs=self.r.task_kwargs,
-                              chat_template=self.r.chat_template),
+                              max_new_tokens=d.max_new_tokens, difficulty=self.r.difficulty, seed=self.r.seed,
+                              task_kwargs=self.r.task_kwargs, chat_template=self.r.chat_template),
                 progress=self.progress)
         counts: dict[str, int] = {}
         for line in out.read_text().splitlines():
@@ -224,7 +245,7 @@ class Pipeline:
         the two-answer format; no single-domain expert can produce them. Said so in the report."""
         rows = []
         for a, b in self.r.evaluate.mixed_pairs if self.r.distill.mixed_references else ():
-            for ex in mixed_examples(a, b, "train", self.r.distill.mixed_references, seed=self.r.seed,
+            for ex in mixed_examples(self.task(a), self.task(b), "train", self.r.distill.mixed_references, seed=self.r.seed,
                                      difficulty=self.r.difficulty):
                 rows.append({"prompt": ex.prompt, "completion": mixed_reference_completion(ex), "task": f"{a}+{b}",
                              "mode": "reference"})
@@ -235,9 +256,12 @@ class Pipeline:
         experts = [str(p) for p in self.rl_experts]
         for name, (router, top_k, options) in ROUTER_METHODS.items():
             for run, seed in self.runs_of(name) if self.want(name) else ():
+                if name == "mor_lora_hard":
+                    options = HardOptions(ste=rc.ste)  # the recipe's estimator (router.ste)
                 mixture = MixtureConfig(router=router, top_k=top_k, router_options=options,
                                         attention_lora_rank=rc.attention_lora_rank,
-                                        attention_lora_alpha=rc.attention_lora_alpha)
+                                        attention_lora_alpha=rc.attention_lora_alpha,
+                                        attention_lora_dropout=rc.attention_lora_dropout)
                 train_router(RouterTrainConfig(
                     base=self.base, experts=experts, traces=traces, out=str(self.path("methods", run)),
                     mixture=mixture, learning_rate=rc.learning_rate,
@@ -299,7 +323,8 @@ class Pipeline:
     def _common_eval(self) -> dict:
         ev = self.r.evaluate
         return dict(split=ev.split, n=ev.n, difficulty=self.r.eval_difficulty, batch_size=ev.batch_size,
-                    seed=self.r.seed, chat_template=self.r.chat_template)
+                    max_new_tokens=ev.max_new_tokens, seed=self.r.seed, chat_template=self.r.chat_template,
+                    task_kwargs=self.r.task_kwargs)
 
     def _eval_bar(self, jobs: list[tuple[str, object]], label: str):
         """Run ``jobs`` (name, zero-argument function) under one progress bar named ``label``."""

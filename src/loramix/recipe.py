@@ -28,6 +28,11 @@ class ExpertStage:
     sft_learning_rate: float = 5e-4
     rank: int = 8
     alpha: float = 16.0
+    dropout: float = 0.0  # the experts' LoRA dropout (PEFT LoraConfig.lora_dropout)
+    beta: float = 0.0  # GRPO's KL coefficient (TRL GRPOConfig.beta)
+    top_p: float = 1.0  # GRPO sampling (TRL GRPOConfig.top_p)
+    lr_scheduler_type: str = "linear"  # GRPO and SFT (HF Trainer scheduler name)
+    warmup_ratio: float = 0.0  # GRPO and SFT: learning-rate warm-up, a fraction of the steps
     n_train: int = 1000
     n_eval: int = 50
     max_completion_length: int | None = None
@@ -41,6 +46,7 @@ class DistillStage:
     max_per_prompt: int = 2
     max_per_task: int = 1000
     mixed_references: int = 0  # per evaluate.mixed_pairs pair: reference mixed traces added for stage 2
+    max_new_tokens: int = 256  # tokens per generated trace (the authors use 2048 on real models)
 
 
 @dataclass
@@ -54,8 +60,12 @@ class RouterStage:
     batch_size: int = 16
     attention_lora_rank: int = 8
     attention_lora_alpha: float | None = None
+    attention_lora_dropout: float = 0.0
     warmup_ratio: float = 0.03
     lr_scheduler_type: str = "cosine"
+    # mor_lora_hard's straight-through estimator: "full" (the paper's formula) or "chosen" (the
+    # authors' code); the mor_lora_hard_chosen method is "chosen" either way
+    ste: str = "full"
 
 
 @dataclass
@@ -83,6 +93,9 @@ class EvalStage:
     split: str = "test"
     mixed_pairs: list[list[str]] = field(default_factory=list)
     mixed_n: int = 50
+    # tokens per completion; None: each task's own default (its longest reference x 1.25 + 8), so a
+    # task's budget does not depend on which tasks are evaluated with it
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -92,6 +105,7 @@ class Recipe:
     name: str = "tiny"
     base: str = "default"
     tasks: list[str] = field(default_factory=lambda: ["add", "sort", "bool", "mod", "strings"])
+    # per task: get_task's kwargs, its data, e.g. {gsm8k: {train: FILE, test: FILE}} (loramix.tasks.splits)
     task_kwargs: dict = field(default_factory=dict)
     difficulty: str = DEFAULT_DIFFICULTY
     eval_difficulty: str = DEFAULT_DIFFICULTY
@@ -164,3 +178,15 @@ def load_recipe(path: str | Path | None) -> Recipe:
     if not isinstance(data, dict):
         raise DataError(path, "file", "must hold a mapping")
     return from_dict(Recipe, data, path)
+
+
+def with_overrides(recipe: Recipe, base: str | None = None, task_kwargs: dict | None = None) -> Recipe:
+    """``recipe`` with the command line's ``--base`` and ``--data`` (``parse_data``'s form) in place
+    of its own: a data entry replaces the recipe's file for that task and split (``TASK=FILE``
+    replaces the task's whole entry), so a recipe written for one machine runs, or dry-runs, on
+    another's copies of the model and data."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.task_kwargs.items()}
+    for name, entry in (task_kwargs or {}).items():
+        keep = data.get(name) if isinstance(data.get(name), dict) and "path" not in entry else {}
+        data[name] = {**keep, **entry}
+    return dataclasses.replace(recipe, base=recipe.base if base is None else str(base), task_kwargs=data)

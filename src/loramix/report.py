@@ -110,11 +110,9 @@ def _runs_by_method(pipeline) -> dict[str, list[tuple[str, object]]]:
 
 def _label_majority(pipeline) -> dict[str, float]:
     """For each task whose answer is a label, the majority-class rate of its test prompts."""
-    from loramix.tasks import get_task
-
     ev, out = pipeline.r.evaluate, {}
     for t in pipeline.r.tasks:
-        task = get_task(t)
+        task = pipeline.task(t)  # with the recipe's data
         if task.verifier not in LABEL_VERIFIERS:
             continue
         answers = [e.answer.strip().lower() for e in task.examples(ev.split, ev.n, seed=pipeline.r.seed,

@@ -14,15 +14,43 @@ for example::
     <think>...;...</think>
     {"add_answer": "1221", "bool_answer": "F"}
 
+Two *benchmark* tasks (GSM8K + BoolQ, the authors' ``mixed_eval``) cannot be concatenated: each
+benchmark prompt carries its own instruction to answer ``{"answer": "..."}``. Their mixed prompt is
+one merged template instead, built from each task's line and question text without that
+instruction (``BenchmarkTask.task_line`` / ``question_text``), with ONE instruction naming both
+keys, placed before the questions as in the authors' template::
+
+    You are an AI assistant that performs two tasks, in this order:
+
+    1. Solve the math problem; the answer is a number.
+    2. Read the passage and answer the question with true or false.
+
+    Think through both tasks step by step inside <think></think>, then give both final answers as
+    one JSON object: {"gsm8k_answer": "...", "boolq_answer": "..."}.      (one line)
+
+    ## Input
+
+    Task 1:
+    Question: ...
+
+    Task 2:
+    Passage: ...
+    Question: ...?
+
+Its examples are a seeded random draw of rows from each task (the authors shuffle each file with
+their seed). A benchmark mixes only with another benchmark.
+
 A mixed prompt is correct only when both keys hold answers that pass their own task's checker.
 A pair is named ``"a+b"`` whatever the order inside each prompt.
 
 ``prompt_segments``, ``segment_at`` and ``completion_segments`` say which sub-question each character
 of a prompt and completion belongs to (``prompt_token_segments`` per token), the
 ground truth of the ``segment`` routing (segment oracle) and of the routing analysis:
-the prompt's lines belong to their part; in the ``keys:`` line and after ``</think>`` a character
-belongs to the part whose key was written last (the first part's before any key); inside
-``<think>`` the characters up to the ``;`` belong to the first part and the rest to the second.
+the prompt's lines belong to their part (in a merged template: the header to the first part, each
+numbered task line and each question to its own part); in the ``keys:`` line (the merged
+instruction) and after ``</think>`` a character belongs to the part whose key was written last (the
+first part's before any key); inside ``<think>`` the characters up to the ``;`` belong to the first
+part and the rest to the second.
 """
 
 from __future__ import annotations
@@ -38,6 +66,10 @@ from loramix.tasks.format import THINK_CLOSE, THINK_OPEN, format_completion, has
 MIXED_SEP = "+"  # "add+sort" names a mixed pair
 THINK_SEP = ";"  # between the two parts' reasoning (no synthetic trace uses it)
 KEYS_PREFIX = "keys: "
+KEYED = None  # a prompt piece whose characters belong to the part whose key was written last
+MERGED_HEADER = "You are an AI assistant that performs two tasks, in this order:\n\n"
+MERGED_INSTRUCTION = ('Think through both tasks step by step inside <think></think>, then give both final answers '
+                      'as one JSON object: {{"{first}": "...", "{second}": "..."}}.')
 
 
 def answer_key(task_name: str) -> str:
@@ -51,6 +83,25 @@ def _task(task):
     return get_task(task) if isinstance(task, str) else task
 
 
+def is_benchmark(task) -> bool:
+    """Whether a task's prompts carry their own answer instruction (a ``BenchmarkTask``)."""
+    from loramix.tasks.benchmarks.base import BenchmarkTask
+
+    return isinstance(task, BenchmarkTask)
+
+
+def _check_pair(ta, tb) -> None:
+    """Two different tasks, both benchmarks or neither (a benchmark's prompt carries its own
+    single-key instruction, so only another benchmark's can be merged with it)."""
+    name = f"{ta.name}{MIXED_SEP}{tb.name}"
+    if ta.name == tb.name:
+        raise LoramixError(f"mixed pair {name}: a mixed prompt needs two different tasks")
+    if is_benchmark(ta) != is_benchmark(tb):
+        bench, other = (ta, tb) if is_benchmark(ta) else (tb, ta)
+        raise LoramixError(f"mixed pair {name}: {bench.name!r} is a benchmark task, whose prompt carries its own "
+                           f"answer instruction; it mixes only with another benchmark task, not {other.name!r}")
+
+
 @dataclass(frozen=True)
 class MixedExample:
     """Two tasks' examples in one prompt. ``a`` and ``b`` follow the pair's name (``a+b``);
@@ -62,6 +113,17 @@ class MixedExample:
     b: Any
     task: str  # "task_a+task_b"
     swapped: bool = False  # True: b's sub-question comes first
+    pieces: tuple = ()  # ((text, part 0/1 or KEYED), ...) whose texts join to ``prompt``; () = concatenated
+
+    @property
+    def prompt_pieces(self) -> tuple:
+        """The prompt as (text, part) pieces: ``pieces``, or for a concatenated prompt its two
+        sub-prompts and the ``keys:`` line."""
+        if self.pieces:
+            return self.pieces
+        first, second = self.order
+        n = len(first.prompt) + len(second.prompt)
+        return ((first.prompt, 0), (second.prompt, 1), (self.prompt[n:], KEYED))
 
     @property
     def order(self) -> tuple:
@@ -90,25 +152,53 @@ class MixedExample:
 
 
 def mixed_prompt(first, second) -> str:
-    """The merged prompt of two examples, in this order."""
+    """The concatenated prompt of two (non-benchmark) examples, in this order."""
     return f"{first.prompt}{second.prompt}{KEYS_PREFIX}{answer_key(first.task)} {answer_key(second.task)}\n"
+
+
+def merged_pieces(first_task, first, second_task, second) -> tuple:
+    """The merged template of two benchmark examples, in this order, as (text, part) pieces: the
+    header, each task's line, ONE instruction naming both keys, then each question under its
+    number (the authors' layout: the instructions first, the input last)."""
+    instruction = MERGED_INSTRUCTION.format(first=answer_key(first.task), second=answer_key(second.task))
+    return ((MERGED_HEADER, 0),
+            (f"1. {first_task.task_line(first)}\n", 0),
+            (f"2. {second_task.task_line(second)}\n\n", 1),
+            (f"{instruction}\n\n", KEYED),
+            (f"## Input\n\nTask 1:\n{first_task.question_text(first)}", 0),
+            (f"\nTask 2:\n{second_task.question_text(second)}", 1))
+
+
+def _draw(task, split: str, n: int, rng: random.Random) -> list:
+    """``n`` of a benchmark's rows drawn at random (all of them, shuffled, when it has fewer)."""
+    rows = task.examples(split, None)
+    return [rows[i] for i in rng.sample(range(len(rows)), min(n, len(rows)))]
 
 
 def mixed_examples(task_a, task_b, split: str = "test", n: int = 100, seed: int = 0,
                    difficulty: str | int = "hard") -> list[MixedExample]:
-    """``n`` mixed prompts pairing the i-th example of ``task_a`` with the i-th of ``task_b``
-    (``task_b`` drawn with ``seed + 1``); which part comes first is drawn from ``seed``."""
+    """``n`` mixed prompts; which part comes first is drawn per example from ``seed``.
+    Synthetic (and user) tasks: the i-th example of ``task_a`` with the i-th of ``task_b`` (drawn
+    with ``seed + 1``), concatenated. Benchmarks: a random draw of rows from each (by ``seed``; as
+    many prompts as the smaller draw), in the merged template."""
     ta, tb = _task(task_a), _task(task_b)
-    if ta.name == tb.name:
-        raise LoramixError(f"mixed pair {ta.name}{MIXED_SEP}{tb.name}: a mixed prompt needs two different tasks")
-    xs = ta.examples(split, n, seed=seed, difficulty=difficulty)
-    ys = tb.examples(split, n, seed=seed + 1, difficulty=difficulty)
+    _check_pair(ta, tb)
     rng = random.Random(f"mixed|{ta.name}|{tb.name}|{split}|{seed}")
+    merged = is_benchmark(ta)
+    if merged:
+        xs, ys = _draw(ta, split, n, rng), _draw(tb, split, n, rng)
+    else:
+        xs = ta.examples(split, n, seed=seed, difficulty=difficulty)
+        ys = tb.examples(split, n, seed=seed + 1, difficulty=difficulty)
     name = f"{ta.name}{MIXED_SEP}{tb.name}"
     out = []
     for x, y in zip(xs, ys):
         swapped = rng.random() < 0.5
-        out.append(MixedExample(mixed_prompt(*((y, x) if swapped else (x, y))), x, y, name, swapped))
+        if merged:
+            pieces = merged_pieces(tb, y, ta, x) if swapped else merged_pieces(ta, x, tb, y)
+            out.append(MixedExample("".join(t for t, _ in pieces), x, y, name, swapped, pieces))
+        else:
+            out.append(MixedExample(mixed_prompt(*((y, x) if swapped else (x, y))), x, y, name, swapped))
     return out
 
 
@@ -174,10 +264,12 @@ def completion_segments(completion: str, keys: Sequence[str]) -> list[int]:
 
 
 def prompt_segments(ex: MixedExample) -> list[int]:
-    """For each character of ``ex.prompt``: 0 for the first part, 1 for the second."""
-    first, second = ex.order
-    keys_line = ex.prompt[len(first.prompt) + len(second.prompt):]
-    return [0] * len(first.prompt) + [1] * len(second.prompt) + _keyed_labels(keys_line, ex.keys, 0)
+    """For each character of ``ex.prompt``: 0 for the first part, 1 for the second (by its pieces;
+    in a keyed piece, the part whose key was written last)."""
+    labels: list[int] = []
+    for text, part in ex.prompt_pieces:
+        labels += _keyed_labels(text, ex.keys, 0) if part is KEYED else [part] * len(text)
+    return labels
 
 
 def token_spans(tokenizer, ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -212,9 +304,7 @@ class MixedTask:
 
     def __init__(self, task_a, task_b):
         self.task_a, self.task_b = _task(task_a), _task(task_b)
-        if self.task_a.name == self.task_b.name:
-            raise LoramixError(f"mixed pair {self.task_a.name}{MIXED_SEP}{self.task_b.name}: "
-                               "a mixed prompt needs two different tasks")
+        _check_pair(self.task_a, self.task_b)
         self.name = f"{self.task_a.name}{MIXED_SEP}{self.task_b.name}"
         self.parts = (self.task_a, self.task_b)
         self.keys = (answer_key(self.task_a.name), answer_key(self.task_b.name))
@@ -254,6 +344,7 @@ def resolve_task(name: str):
     return _task(name)
 
 
-__all__ = ["KEYS_PREFIX", "MIXED_SEP", "MixedExample", "MixedTask", "THINK_SEP", "answer_key", "completion_segments",
-           "labels_to_tokens", "mixed_answers", "mixed_examples", "mixed_prompt", "mixed_reference_completion",
-           "prompt_segments", "prompt_token_segments", "resolve_task", "segment_at", "token_spans"]
+__all__ = ["KEYED", "KEYS_PREFIX", "MERGED_HEADER", "MERGED_INSTRUCTION", "MIXED_SEP", "MixedExample", "MixedTask",
+           "THINK_SEP", "answer_key", "completion_segments", "is_benchmark", "labels_to_tokens", "merged_pieces",
+           "mixed_answers", "mixed_examples", "mixed_prompt", "mixed_reference_completion", "prompt_segments",
+           "prompt_token_segments", "resolve_task", "segment_at", "token_spans"]

@@ -29,7 +29,8 @@ from loramix.experts import adapter_folders, load_experts
 from loramix.generation import generate
 from loramix.io import atomic_path, write_json
 from loramix.loading import base_fingerprint, load_base_model, resolve_base
-from loramix.tasks import Task, get_task
+from loramix.tasks import Task
+from loramix.tasks.splits import build_task
 from loramix.tasks.format import extract_answer, has_think
 from loramix.train.common import processes
 
@@ -53,7 +54,7 @@ class DistillConfig:
     difficulty: str = "medium"
     seed: int = 0
     chat_template: bool = True  # generate from the chat-rendered prompt, when the tokenizer has a template
-    task_kwargs: dict = field(default_factory=dict)  # per task name: kwargs for get_task (e.g. path=)
+    task_kwargs: dict = field(default_factory=dict)  # per task name: its data, e.g. {train: FILE, test: FILE}
 
 
 def _reasoning(completion: str) -> str:
@@ -147,7 +148,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
 def _check_inputs(cfg: DistillConfig) -> list[Task]:
     """The tasks (each draws one train example, so a bad difficulty or a benchmark's unreadable data
     file is refused here) and the expert folders, checked before anything is written or loaded."""
-    tasks = [get_task(t, **cfg.task_kwargs.get(t, {})) for t in cfg.tasks]
+    tasks = [build_task(t, cfg.task_kwargs) for t in cfg.tasks]
     for task in tasks:
         task.examples("train", 1, seed=cfg.seed, difficulty=cfg.difficulty)
     adapter_folders(cfg.experts)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,6 +47,9 @@ METHODS = ("grpo", "sft")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Fields that change how a run is executed or shown, not what it produces.
 RUN_FIELDS = frozenset({"out", "progress", "threads", "force", "save_steps", "eval_batch_size"})
+# Settings added after runs were recorded: left out of the identity at these values (today's behaviour).
+IDENTITY_DEFAULTS = {"top_p": 1.0, "lr_scheduler_type": "linear", "warmup_ratio": 0.0}
+LR_SCHEDULERS = tuple(s.value for s in transformers.SchedulerType)  # the names the HF Trainer accepts
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ExpertTrainConfig:
     (a few minutes on 2 CPU cores)."""
 
     task: str
+    task_kwargs: dict = field(default_factory=dict)  # get_task's kwargs: a benchmark's data, {train: FILE, test: FILE}
     out: str | Path = "experts/expert"
     base: str | Path = "default"  # a model folder, or "default" for the embedded base
     method: str = "grpo"  # grpo | sft
@@ -63,9 +67,12 @@ class ExpertTrainConfig:
     batch_size: int = 64  # GRPO: completions per step (divisible by num_generations); SFT: examples per step
     num_generations: int = 8  # GRPO group size
     temperature: float = 1.0
+    top_p: float = 1.0  # GRPO sampling nucleus (TRL's GRPOConfig.top_p); 1.0: the whole distribution
     max_completion_length: int | None = None  # None: longest reference completion + 25%
     learning_rate: float = 5e-4
     sft_learning_rate: float | None = None  # the SFT phase's rate (method=sft or the warm-up); None: learning_rate
+    lr_scheduler_type: str = "linear"  # both phases: the HF Trainer's scheduler name (e.g. "cosine")
+    warmup_ratio: float = 0.0  # both phases: learning-rate warm-up, a fraction of the phase's steps
     init_adapter: str | Path | None = None  # start from this PEFT adapter (e.g. the same-size SFT expert)
     rank: int = 8  # LoRA r
     alpha: float = 16.0  # LoRA alpha
@@ -97,6 +104,12 @@ class ExpertTrainConfig:
         d = {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS}
         d["base"] = str(d["base"])
         d["init_adapter"] = None if d["init_adapter"] is None else str(d["init_adapter"])
+        d["task_kwargs"] = {k: str(v) if isinstance(v, Path) else v for k, v in d["task_kwargs"].items()}
+        if not d["task_kwargs"]:
+            del d["task_kwargs"]  # runs made before data could be given keep their identity
+        for name, default in IDENTITY_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]  # runs made before these settings existed keep their identity
         d["target_modules"] = list(d["target_modules"])
         return d
 
@@ -115,6 +128,12 @@ class ExpertTrainConfig:
             raise _bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.beta < 0:
             raise _bad("beta", f"must be >= 0, got {self.beta!r}")
+        if not 0 < self.top_p <= 1:
+            raise _bad("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise _bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise _bad("lr_scheduler_type", f"unknown {self.lr_scheduler_type!r}; valid: {', '.join(LR_SCHEDULERS)}")
         if self.sft_warmup_steps < 0:
             raise _bad("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps!r}")
         if self.sft_warmup_steps and self.method != "grpo":
@@ -258,17 +277,25 @@ def _common_args(cfg: ExpertTrainConfig, steps: int, kind: str) -> dict[str, Any
         max_steps=steps, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, seed=cfg.seed, gradient_checkpointing=False,
         learning_rate=cfg.sft_learning_rate if kind == "sft" and cfg.sft_learning_rate else cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,  # transformers 5: < 1 is a ratio
     )
+
+
+def _grpo_args(cfg: ExpertTrainConfig, ckpt_dir: Path, steps: int, max_completion_length: int):
+    """TRL's ``GRPOConfig`` for a GRPO phase: sampling, KL, scheduler and warm-up as ``cfg`` says."""
+    from trl import GRPOConfig
+
+    return training_arguments(ckpt_dir, args_class=GRPOConfig, **_common_args(cfg, steps, "grpo"),
+                              num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_completion_length=max_completion_length, beta=cfg.beta, shuffle_dataset=True,
+                              log_completions=False)
 
 
 def _grpo_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Path, steps: int, task, train_exs,
                   max_completion_length: int):
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    args = training_arguments(ckpt_dir, args_class=GRPOConfig, **_common_args(cfg, steps, "grpo"),
-                              num_generations=cfg.num_generations, temperature=cfg.temperature,
-                              max_completion_length=max_completion_length, beta=cfg.beta, shuffle_dataset=True,
-                              log_completions=False)
+    args = _grpo_args(cfg, ckpt_dir, steps, max_completion_length)
     return GRPOTrainer(model=model, reward_funcs=reward_fn(task), args=args,
                        train_dataset=_grpo_dataset(task, train_exs, uses_chat_template(tok, cfg.chat_template)),
                        processing_class=tok,
@@ -384,7 +411,7 @@ def _train_expert(config: ExpertTrainConfig, *, callbacks: Sequence[Any] = (), c
         if cfg.progress:
             console.print(msg, highlight=False, soft_wrap=True)
 
-    task = get_task(cfg.task)  # raises LoramixError naming the valid tasks
+    task = get_task(cfg.task, **cfg.task_kwargs)  # raises LoramixError naming the valid tasks
     quiet_hf()
     base_path = Path(resolve_base(cfg.base))
     base_sha = base_fingerprint(base_path)

@@ -20,7 +20,7 @@ from loramix.chat import render_prompt, uses_chat_template
 from loramix.errors import DataError, LoramixError
 from loramix.io import atomic_path, write_json
 from loramix.mixture import compose, load_mixture
-from loramix.tasks import get_task
+from loramix.tasks.splits import build_task
 from loramix.train.common import METRICS_FILE
 from loramix.train.data import read_traces, trace_pair
 
@@ -31,7 +31,7 @@ def _prompt_key(row: dict) -> str:
     return row["prompt"] if "messages" not in row else json.dumps(row["messages"][:-1], sort_keys=True)
 
 
-def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty):
+def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty, task_kwargs=None):
     """``(train, heldout)`` lists of ``(source, label, expert)``; ``source`` is a traces row or a raw
     task prompt, rendered by ``_render`` once the tokenizer is loaded."""
     if traces is not None:
@@ -61,7 +61,7 @@ def _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty):
         raise LoramixError("the prompt router needs --traces or --tasks")
     train, held = [], []
     for i, name in enumerate(tasks):
-        task = get_task(name)
+        task = build_task(name, task_kwargs)
         expert = (expert_for_task or {}).get(name, i)
         kw = {} if difficulty is None else {"difficulty": difficulty}
         train += [(e.prompt, name, expert) for e in task.examples("train", n_per_task, seed=seed, **kw)]
@@ -103,10 +103,11 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
                         expert_for_task: dict[str, int] | None = None, n_per_task: int = 200,
                         difficulty: str | None = None, steps: int = 300, lr: float = 0.05, seed: int = 0,
                         batch_size: int = 32, mixture: str | Path | None = None,
-                        chat_template: bool = True) -> Path:
+                        chat_template: bool = True, task_kwargs: dict | None = None) -> Path:
     """Train the prompt-level classifier and save a mixture folder holding it. Labels come from the
     traces (``task``, ``expert_index``; a fifth of each label's distinct prompts is held out) or from
-    ``tasks`` (task i -> expert i unless ``expert_for_task``; held out: the validation split).
+    ``tasks`` (task i -> expert i unless ``expert_for_task``; held out: the validation split; a
+    benchmark's data from ``task_kwargs``, e.g. ``{"gsm8k": {"train": FILE, "test": FILE}}``).
     ``metrics.json`` reports the held-out classification accuracy.
 
     The folder is a ``fixed`` router over ``experts``; or, with ``mixture`` (a trained mixture
@@ -118,7 +119,10 @@ def build_prompt_router(base: str | Path, experts: Sequence[str | Path], out: st
     (the chat template when ``chat_template`` and the tokenizer has one; traces rows may be
     prompt/completion or chat ``messages``)."""
     paths = adapter_folders(experts)
-    train, held = _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty)
+    for name in task_kwargs or {}:
+        if name not in (tasks or ()):
+            raise LoramixError(f"task_kwargs.{name}: not among the tasks ({', '.join(tasks or ())})")
+    train, held = _router_rows(traces, tasks, expert_for_task, n_per_task, seed, difficulty, task_kwargs)
     if len({l for _, l, _ in train}) < 2:
         raise LoramixError("the prompt router needs prompts of at least two tasks")
     experts_of = {l: e for _, l, e in train + held}

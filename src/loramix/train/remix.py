@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ from loramix.io import sha256_file
 from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
 from loramix.mixture import MIXTURE_CONFIG, MIXTURE_WEIGHTS, MixtureConfig, compose
 from loramix.routers import LOGQ_MODES, OMEGAS, ReMixOptions, TopKOptions, effective_sample_size  # noqa: F401 - re-exported
-from loramix.tasks import get_task
+from loramix.tasks.splits import build_task
 from loramix.train.common import METRICS_FILE, RunFolder, run_trainer, torch_threads, training_arguments
 from loramix.train.data import (TrainPair, completion_dataset, pad_collator, read_traces,
                                trace_pairs)
@@ -189,6 +189,7 @@ class ReMixConfig:
     out: Path = Path("runs/remix")
     base: str = "default"
     tasks: tuple[str, ...] = ()
+    task_kwargs: dict = field(default_factory=dict)  # per task: its data, e.g. {gsm8k: {train: FILE, test: FILE}}
     traces: Path | None = None
     n_examples: int = 512
     difficulty: str | None = None  # None: the task's default
@@ -239,8 +240,11 @@ class ReMixConfig:
             raise LoramixError(f"omega must be one of {', '.join(OMEGAS)}, got {self.omega!r}")
         if not self.tasks and self.traces is None:
             raise LoramixError("no training data: give at least one task or a traces file")
+        for name in self.task_kwargs:
+            if name not in self.tasks:
+                raise LoramixError(f"task_kwargs.{name}: not among the tasks ({', '.join(self.tasks)})")
         for name in self.tasks:  # before any model is loaded: an unknown name lists the valid ones
-            get_task(name)
+            build_task(name, self.task_kwargs)
         if self.traces is not None and not Path(self.traces).is_file():
             raise DataError(self.traces, "file", "not found")
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("rank", self.rank),
@@ -252,6 +256,10 @@ class ReMixConfig:
         d = asdict(self)
         d["out"], d["traces"] = str(self.out), None if self.traces is None else str(self.traces)
         d["tasks"], d["targets"] = list(self.tasks), list(self.targets)
+        d["task_kwargs"] = {t: {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}
+                            for t, kw in self.task_kwargs.items()}
+        if not d["task_kwargs"]:
+            del d["task_kwargs"]  # runs made before data could be given keep their identity
         return d
 
     def identity(self) -> dict:
@@ -270,7 +278,7 @@ def training_pairs(config: ReMixConfig, tokenizer=None) -> list[TrainPair]:
     render = (lambda p: render_prompt(tokenizer, p, config.chat_template)) if tokenizer is not None else (lambda p: p)
     if config.tasks:
         for i, name in enumerate(config.tasks):
-            task = get_task(name)
+            task = build_task(name, config.task_kwargs)
             kw: dict[str, Any] = {"seed": config.seed * 1000 + i}
             if config.difficulty is not None:
                 kw["difficulty"] = config.difficulty

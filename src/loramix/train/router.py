@@ -49,7 +49,10 @@ class RouterTrainConfig:
     force: bool = False
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS | {"force"}}
+        d = {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS | {"force"}}
+        if not d["mixture"]["attention_lora_dropout"]:
+            del d["mixture"]["attention_lora_dropout"]  # runs made before it existed keep their identity
+        return d
 
 
 def train_router(cfg: RouterTrainConfig) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from loramix.errors import DataError
 from loramix.tasks.base import Example
-from loramix.tasks.benchmarks.base import INSTRUCTION, BenchmarkTask, letters, one_line
+from loramix.tasks.benchmarks.base import BenchmarkTask, benchmark_prompt, letters, one_line
 from loramix.tasks.rows import field
 
 _LABEL_SETS = (tuple("ABCDE"), tuple("12345"))
@@ -21,8 +21,8 @@ _LABEL_SETS = (tuple("ABCDE"), tuple("12345"))
 
 def choice_prompt(kind: str, question: str, options: list[str]) -> str:
     lines = "\n".join(f"{k}. {t}" for k, t in zip(letters(len(options)), options))
-    return (f"Answer the {kind} question with the letter of the correct option.\n{INSTRUCTION}\n\n"
-            f"Question: {question}\n{lines}\n")
+    return benchmark_prompt(f"Answer the {kind} question with the letter of the correct option.",
+                            f"Question: {question}\n{lines}\n")
 
 
 def _hf_choices(row: dict[str, Any], path: str | Path, where: str) -> tuple[list[Any], list[Any], str]:

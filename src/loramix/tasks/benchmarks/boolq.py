@@ -13,7 +13,7 @@ from typing import Any
 
 from loramix.errors import DataError
 from loramix.tasks.base import Example
-from loramix.tasks.benchmarks.base import INSTRUCTION, BenchmarkTask
+from loramix.tasks.benchmarks.base import BenchmarkTask, benchmark_prompt
 from loramix.tasks.rows import field
 
 _LABELS = {"true": True, "false": False, "1": True, "0": False}
@@ -49,6 +49,6 @@ class BoolQTask(BenchmarkTask):
             raise DataError(path, f"{where}: field 'answer'", "missing (and no SuperGLUE 'label' either)")
         if not question.endswith("?"):
             question += "?"
-        prompt = (f"Read the passage and answer the question with true or false.\n{INSTRUCTION}\n\n"
-                  f"Passage: {passage}\nQuestion: {question}\n")
+        prompt = benchmark_prompt("Read the passage and answer the question with true or false.",
+                                  f"Passage: {passage}\nQuestion: {question}\n")
         return Example(prompt, "true" if answer else "false", None, self.name)

@@ -13,7 +13,7 @@ from typing import Any
 
 from loramix.errors import DataError
 from loramix.tasks.base import Example
-from loramix.tasks.benchmarks.base import INSTRUCTION, BenchmarkTask, one_line
+from loramix.tasks.benchmarks.base import BenchmarkTask, benchmark_prompt, one_line
 from loramix.tasks.rows import field
 
 
@@ -34,6 +34,6 @@ class CoLATask(BenchmarkTask):
         label = field(row, "label", path, where, (int, str))
         if isinstance(label, bool) or str(label).strip() not in ("0", "1"):
             raise DataError(path, f"{where}: field 'label'", f"expected 0 or 1, got {label!r}")
-        prompt = (f"Is the sentence grammatically acceptable? Answer 1 if it is, 0 if not.\n{INSTRUCTION}\n\n"
-                  f"Sentence: {sentence}\n")
+        prompt = benchmark_prompt("Is the sentence grammatically acceptable? Answer 1 if it is, 0 if not.",
+                                  f"Sentence: {sentence}\n")
         return Example(prompt, str(label).strip(), None, self.name)

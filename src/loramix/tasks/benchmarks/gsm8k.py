@@ -10,7 +10,7 @@ from typing import Any
 
 from loramix.errors import DataError
 from loramix.tasks.base import Example
-from loramix.tasks.benchmarks.base import INSTRUCTION, BenchmarkTask
+from loramix.tasks.benchmarks.base import BenchmarkTask, benchmark_prompt
 from loramix.tasks.rows import field
 
 _CALC = re.compile(r"<<[^>]*>>")
@@ -36,5 +36,5 @@ class GSM8KTask(BenchmarkTask):
         parts = split_solution(field(row, "answer", path, where))
         if parts is None:
             raise DataError(path, f"{where}: field 'answer'", "no '#### ' final answer")
-        prompt = f"Solve the math problem; the answer is a number.\n{INSTRUCTION}\n\nQuestion: {question}\n"
+        prompt = benchmark_prompt("Solve the math problem; the answer is a number.", f"Question: {question}\n")
         return Example(prompt, parts[1], parts[0] or None, self.name)
