@@ -327,3 +327,37 @@ def test_prompt_router_trains_on_messages_rows_as_evaluation_renders_prompts(cha
     # a chat row's prompt is always the template's; a text prompt is what evaluation generates from
     want = {trace_pairs(tok, [r])[0].prompt for r in chat} | {render_prompt(tok, r["prompt"], on) for r in text}
     assert sorted(featurised) == sorted(want)
+
+
+def test_domain_rows_give_a_routing_accuracy_against_a_forced_router(chat_base, tmp_path):
+    """Rows whose domain names an expert get a routing accuracy: 1.0 for the domain a fixed router
+    sends everything to, 0.0 for the other; train-router records it in metrics.json."""
+    import shutil
+
+    from loramix.mixture import MixtureConfig, compose
+    from loramix.routers import FixedOptions
+    from loramix.train.data import completion_dataset, read_traces, trace_pairs
+    from loramix.train.router import RouterTrainConfig, domain_routing_accuracy, train_router
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, experts = chat_base
+    named = [shutil.copytree(e, tmp_path / name) for e, name in zip(experts, ("add", "sort"))]
+    rows = [{"prompt": f"add {i} {i}", "completion": str(2 * i), "domain": "add"} for i in range(3)]
+    rows += [{"prompt": f"sort {i} 1", "completion": f"1 {i}", "domain": "sort"} for i in range(2)]
+    rows += [{"prompt": "x", "completion": "y", "domain": "other"}]  # names no expert: left out
+    traces = write_rows(tmp_path / "d.jsonl", rows)
+    tok = AutoTokenizer.from_pretrained(root / "base")
+    read = read_traces(traces)
+    data = completion_dataset(tok, trace_pairs(tok, read), 256)
+    mix = compose(AutoModelForCausalLM.from_pretrained(root / "base"), [str(p) for p in named],
+                  MixtureConfig(router="fixed", router_options=FixedOptions(expert=1)))
+    acc = domain_routing_accuracy(mix, data, read)
+    assert acc["routing_accuracy_per_domain"] == {"add": 0.0, "sort": 1.0} and acc["routing_accuracy_rows"] == 5
+    assert acc["routing_accuracy"] == pytest.approx(sum(len(d["input_ids"]) for d in data.select(range(3, 5)))
+                                                    / sum(len(d["input_ids"]) for d in data.select(range(5))), abs=1e-4)
+    out = train_router(RouterTrainConfig(
+        base=str(root / "base"), experts=[str(p) for p in named], traces=str(traces), out=str(tmp_path / "mix"),
+        batch_size=4, max_steps=1, save_steps=10, logging_steps=1,
+        mixture=MixtureConfig(router="hard", attention_lora_rank=0), progress=False, warmup_ratio=0.0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["routing_accuracy_per_domain"]) == {"add", "sort"} and 0 <= metrics["routing_accuracy"] <= 1

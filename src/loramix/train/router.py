@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from loramix import __version__
 from loramix.experts import WEIGHTS_NAME, adapter_folders
 from loramix.io import sha256_file
@@ -85,8 +87,32 @@ def train_router(cfg: RouterTrainConfig) -> Path:
     mixture.record_routing = True
     inputs = [cfg.traces] + [str(Path(e) / WEIGHTS_NAME) for e in cfg.experts]
     domains = dict(Counter(str(r["task"]) for r in rows if r.get("task") is not None))
-    return save_mixture_run(run, mixture, cfg, trainer, ledger.seconds, resume is not None, inputs,
-                            extra={"rows_per_domain": domains} if domains else None)
+    extra = {"rows_per_domain": domains, **domain_routing_accuracy(mixture, data, rows)} if domains else None
+    return save_mixture_run(run, mixture, cfg, trainer, ledger.seconds, resume is not None, inputs, extra=extra)
+
+
+@torch.no_grad()
+def domain_routing_accuracy(mixture: MixtureModel, data, rows: list[dict], max_rows: int = 64) -> dict:
+    """Routing accuracy on the training rows whose ``domain`` (``task``) names an expert: the share of
+    their tokens, over every site, whose top-weighted expert is the domain's. The first ``max_rows``
+    such rows; ``{}`` when no row's domain is an expert's name (name experts after their domains)."""
+    names = list(mixture.expert_names)
+    picked = [(names.index(r["task"]), data[i]["input_ids"]) for i, r in enumerate(rows) if r.get("task") in names]
+    if not picked:
+        return {}
+    was_training = mixture.training
+    mixture.eval()
+    hits, totals = Counter(), Counter()
+    for want, ids in picked[:max_rows]:
+        mixture(input_ids=torch.tensor([ids]))
+        for site in mixture.routing_trace():
+            top = site.expert_ids.gather(-1, site.weights.argmax(-1, keepdim=True))[0, :, 0]
+            hits[names[want]] += int((top == want).sum())
+            totals[names[want]] += top.numel()
+    mixture.train(was_training)
+    return {"routing_accuracy": round(sum(hits.values()) / sum(totals.values()), 4),
+            "routing_accuracy_per_domain": {d: round(hits[d] / totals[d], 4) for d in totals},
+            "routing_accuracy_rows": min(len(picked), max_rows)}
 
 
 def save_mixture_run(run: RunFolder, mixture: MixtureModel, cfg, trainer, seconds: float, resumed: bool,
