@@ -168,8 +168,34 @@ def evaluate_all(base: Path, experts: dict[str, dict], merged: Path, tasks: list
     mixed = None
     if args.mixed_n:
         mixed = mixed_format_rate(pm, tok, tasks, args)
+    segment = segment_oracle(base, experts, args) if args.segment_pairs else None
     meta = {t: {k: v for k, v in d.items() if k != "examples"} for t, d in data.items()}
-    return {"results": results, "domains": meta, "mixed": mixed}
+    return {"results": results, "domains": meta, "mixed": mixed, "segment_oracle": segment}
+
+
+def segment_oracle(base: Path, experts: dict[str, dict], args) -> dict:
+    """The segment oracle on mixed prompts of each pair in --segment-pairs: every token, prompt and
+    completion, routed to its sub-question's expert (``evaluate --routing segment``); joint and
+    per-part accuracy and the two-key format rate, as the pipeline reports them."""
+    from loramix.evaluate import evaluate_model
+    from loramix.loading import load_base
+    from loramix.mixture import MixtureConfig, compose
+
+    model, tok, _ = load_base(str(base))
+    names = list(experts)
+    mixture = compose(model, [experts[n]["path"] for n in names], MixtureConfig(router="hard")).eval()
+    pairs = [p for p in args.segment_pairs.split(",") if p]
+    report = evaluate_model(mixture, tok, pairs, n=args.mixed_n or 50, difficulty=args.eval_difficulty,
+                            batch_size=args.eval_batch, routing="segment", seed=args.seed,
+                            expert_for_task={n: i for i, n in enumerate(names)}, keep_samples=3)
+    out = {}
+    for pair in pairs:
+        m = report.per_task[pair]
+        out[pair] = {k: m.get(k) for k in ("accuracy", "format_rate", "part_accuracy", "n")}
+        out[pair]["samples"] = m.get("samples", [])[:3]
+        print(f"  segment_oracle {pair}: both {m['accuracy']:.0%}, format {m['format_rate']:.0%}, "
+              f"parts {m.get('part_accuracy')}", flush=True)
+    return out
 
 
 def mixed_format_rate(pm, tok, tasks: list[str], args) -> dict:
@@ -287,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-difficulty", default="medium")
     ap.add_argument("--n", type=int, default=100, help="test prompts per domain")
     ap.add_argument("--mixed-n", type=int, default=0, help="mixed prompts per pair for the base's format rate")
+    ap.add_argument("--segment-pairs", default="", help="comma-separated pairs (add+mod,...): the segment oracle's "
+                                                        "joint, per-part and format rates on --mixed-n prompts each")
     ap.add_argument("--eval-batch", type=int, default=300)
     ap.add_argument("--slack", type=int, default=4, help="tokens allowed beyond the longest reference completion")
     ap.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,8 @@ gradients), experts that get no tokens and empty batches, and the decode fast pa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -162,3 +164,68 @@ def test_small_decode_path_equals_grouped_path(tokens, experts, din, dout, k, dt
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     mag = float(grouped.float().abs().max().clamp_min(1.0))
     assert torch.allclose(small.float(), grouped.float(), rtol=tol, atol=tol * mag), (small - grouped).abs().max()
+
+
+# -- on the test device (benchmarks/gpu_check.sh) -----------------------------------------------
+# LORAMIX_TEST_DEVICE (cpu or cuda; default cpu) and LORAMIX_TEST_DTYPE (comma-separated float32,
+# bfloat16; default float32) move these tests to an accelerator; without CUDA a cuda run is skipped.
+
+def _test_device() -> torch.device:
+    name = os.environ.get("LORAMIX_TEST_DEVICE", "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("LORAMIX_TEST_DEVICE=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+TEST_DTYPES = [getattr(torch, d.strip()) for d in os.environ.get("LORAMIX_TEST_DTYPE", "float32").split(",")]
+
+
+@pytest.mark.parametrize("dtype", TEST_DTYPES, ids=str)
+@pytest.mark.parametrize("path", ["grouped", "loop", "small"])
+def test_kernel_paths_on_test_device_match_fp64_reference(monkeypatch, path, dtype):
+    """Each sparse path (one grouped GEMM, the per-expert loop, the decode gather) on the test device
+    and dtype, outputs and gradients, against float64 autograd of the same rounded inputs on the host.
+    The bf16 bound (2% of the largest value) is loose for rounding and far below what a wrong expert,
+    a lost scale or a dropped gradient gives (order 1)."""
+    from loramix import kernels
+
+    dev = _test_device()
+    g = torch.Generator().manual_seed(7)
+    small = path == "small"
+    E, din, dout, r, k = 8, 64, 96, 16, 2
+    tokens = 4 if small else 200  # few assignments and E > assignments: the decode path
+    A = (torch.randn(E, r, din, generator=g) / din ** 0.5).to(dtype)
+    Bt = (torch.randn(E, r, dout, generator=g) / r ** 0.5).to(dtype)
+    scale = torch.tensor([0.5 + 0.25 * e for e in range(E)])
+    x0 = torch.randn(tokens, din, generator=g).to(dtype)
+    indices = torch.stack([torch.randperm(E - 2, generator=g)[:k] for _ in range(tokens)])  # 2 idle experts
+    w0 = torch.rand(tokens, k, generator=g)
+    grad_out = torch.randn(tokens, dout, generator=g).to(dtype)
+
+    def run(device, cast, kernel):
+        def leaf(t, dt):
+            return t.detach().to(device, dt).clone().requires_grad_(True)
+
+        x, w, a, b = leaf(x0, cast), leaf(w0, torch.float32), leaf(A, cast), leaf(Bt, cast)
+        routing = Routing(indices.to(device), w, torch.full((tokens, E), 1 / E, device=device))
+        y = kernel(x, routing, a, b, scale.to(device), [r] * E)
+        y.backward(grad_out.to(device, cast))
+        return [t.detach().double().cpu() for t in (y, x.grad, w.grad, a.grad, b.grad)]
+
+    if path == "grouped":
+        if not kernels.has_grouped_mm(x0.to(dev), A.to(dev), Bt.to(dev)):
+            pytest.skip(f"no torch._grouped_mm on {dev.type} for {dtype}")
+        kernel = kernels.grouped_lora
+    elif path == "loop":
+        monkeypatch.setitem(kernels._GROUPED_MM, (dev.type, dtype), False)
+        kernel = kernels.grouped_lora
+    else:
+        kernel = lambda x, routing, a, b, s, ranks: kernels.small_lora(x, routing, a, b, s)  # noqa: E731
+    got = run(dev, dtype, kernel)
+    monkeypatch.setitem(kernels._GROUPED_MM, ("cpu", torch.float64), False)
+    ref = run(torch.device("cpu"), torch.float64, kernels.grouped_lora)  # per-expert loop in float64
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(("y", "x.grad", "w.grad", "A.grad", "B.grad"), got, ref):
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
+        assert err <= tol, f"{path} {dtype} on {dev}: {name} off by {err:.2e} of its largest value"
+    assert got[3][E - 2:].abs().max() == 0  # idle experts get no gradient

@@ -4,6 +4,7 @@ forced experts, and save/load round trips."""
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -38,6 +39,41 @@ def test_forced_expert_matches_peft_adapter(arch_setup):
         ref = PeftModel.from_pretrained(copy.deepcopy(model), path).eval()(input_ids=x).logits
         assert (ours - ref).abs().max().item() < 1e-5, (arch, i)
         assert (ours - base_logits).abs().max().item() > 1e-2  # the expert really acts
+
+
+# LORAMIX_TEST_DEVICE (cpu or cuda; default cpu) and LORAMIX_TEST_DTYPE (comma-separated float32,
+# bfloat16; default float32) move the next test to an accelerator (benchmarks/gpu_check.sh).
+TEST_DTYPES = [getattr(torch, d.strip()) for d in os.environ.get("LORAMIX_TEST_DTYPE", "float32").split(",")]
+
+
+@pytest.mark.parametrize("dtype", TEST_DTYPES, ids=str)
+@torch.no_grad()
+def test_forced_expert_matches_peft_on_test_device(arch_setup, dtype):
+    """Forced expert i against PEFT with adapter i, both on the test device in ``dtype``, and both
+    against PEFT in fp32 on the host: in fp32 they agree to rounding; in bf16 the mixture's error is at
+    most twice PEFT's own bf16 error (plus a little), and far below the expert's effect on the logits."""
+    dev = torch.device(os.environ.get("LORAMIX_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("LORAMIX_TEST_DEVICE=cuda but no CUDA device is available")
+    arch, model, paths = arch_setup
+    x = ids()
+    base_ref = model(input_ids=x).logits.double()
+    on_dev = copy.deepcopy(model).to(dev, dtype)
+    mix = loramix.compose(copy.deepcopy(on_dev), paths, router="hard").eval()
+    for i, path in enumerate(paths):
+        ref = PeftModel.from_pretrained(copy.deepcopy(model), path).eval()(input_ids=x).logits.double()
+        peft = PeftModel.from_pretrained(copy.deepcopy(on_dev), path, autocast_adapter_dtype=False).eval()
+        theirs = peft(input_ids=x.to(dev)).logits.double().cpu()
+        with mix.force_expert(i):
+            ours = mix(input_ids=x.to(dev)).logits.double().cpu()
+        err_ours, err_peft = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
+        effect = (ref - base_ref).abs().max().item()
+        where = (arch, i, str(dev), str(dtype), f"ours {err_ours:.2e}, PEFT {err_peft:.2e}, effect {effect:.2e}")
+        if dtype == torch.float32:
+            assert err_ours < 1e-4 and (ours - theirs).abs().max().item() < 1e-4, where
+        else:
+            assert err_ours <= 2 * err_peft + 1e-2 * ref.abs().max().item(), where
+        assert err_ours < 0.25 * effect, where  # the expert's effect stands well above the rounding
 
 
 @torch.no_grad()

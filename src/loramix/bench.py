@@ -79,6 +79,35 @@ class BenchSize:
     rank: int = 16
     repeats: int = 5
     warmup: int = 1
+    arch: str = "llama"  # "llama" or "qwen2" (Qwen2 has q/k/v biases)
+    tie_embeddings: bool = False
+    dtype: str = "float32"  # of the base model, the experts and every adapter
+    shape: str | None = None  # the real model whose configuration this is (random weights)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A released model's configuration, built with random weights, so that speed is measured at the
+    shapes users run and not only at the toy sizes."""
+
+    arch: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tie_embeddings: bool = True
+
+
+SHAPES: dict[str, ModelShape] = {
+    "qwen2.5-0.5b": ModelShape("qwen2", 896, 4864, 24, 14, 2, 151936),
+    "qwen2.5-1.5b": ModelShape("qwen2", 1536, 8960, 28, 12, 2, 151936),
+    "llama-3.2-1b": ModelShape("llama", 2048, 8192, 16, 32, 8, 128256),
+    "llama-3.2-3b": ModelShape("llama", 3072, 8192, 28, 24, 8, 128256),
+}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 SIZES: dict[str, BenchSize] = {
@@ -135,14 +164,18 @@ class BenchResult:
 
 
 def build_base(size: BenchSize, device: torch.device, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random model of ``size``'s architecture, built directly on ``device`` in ``size.dtype`` (a 3B
+    model initialised on the host first would cost more than the benchmark)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[size.arch]
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
-                      num_attention_heads=size.heads, num_key_value_heads=size.kv_heads, vocab_size=size.vocab,
-                      max_position_embeddings=max(512, size.seq + size.prompt + size.new_tokens),
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(cfg).to(device).eval()
+    cfg = config_cls(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                     num_attention_heads=size.heads, num_key_value_heads=size.kv_heads, vocab_size=size.vocab,
+                     max_position_embeddings=max(512, size.seq + size.prompt + size.new_tokens),
+                     tie_word_embeddings=size.tie_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    with torch.device(device):
+        model = model_cls._from_config(cfg, dtype=DTYPES[size.dtype]).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -160,16 +193,18 @@ def make_expert_folders(base, size: BenchSize, num: int, root: Path, seed: int =
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(share_copy(base), LoraConfig(r=size.rank, lora_alpha=2 * size.rank,
-                                                             target_modules=list(MLP_MODULES), lora_dropout=0.0))
-    gen = torch.Generator().manual_seed(seed)
+                                                             target_modules=list(MLP_MODULES), lora_dropout=0.0),
+                                autocast_adapter_dtype=False)  # experts in the bench's dtype, as the base
+    device = next(base.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)  # drawn where they live: no host round trip
     folders = []
     for i in range(num):
         with torch.no_grad():
             for name, p in peft_model.named_parameters():
                 if "lora_A" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
+                    p.copy_(torch.randn(p.shape, generator=gen, device=device) / math.sqrt(p.shape[1]))
                 elif "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                    p.copy_(torch.randn(p.shape, generator=gen, device=device) * 0.02)
         folder = root / str(i)
         peft_model.save_pretrained(str(folder))
         folders.append(folder)
@@ -192,7 +227,8 @@ def build_method(name: str, E: int | None, base, size: BenchSize, folders: list[
     if name == "peft_lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(share_copy(base), str(folders[0]), is_trainable=True)
+        model = PeftModel.from_pretrained(share_copy(base), str(folders[0]), is_trainable=True,
+                                          autocast_adapter_dtype=False)
         return Method(name, None, model)
     chosen = [str(f) for f in folders[:E]]
     if name in ("hard", "soft"):
@@ -211,15 +247,26 @@ def build_method(name: str, E: int | None, base, size: BenchSize, folders: list[
         model.config.use_cache = False
         cfg = XLoraConfig(task_type="CAUSAL_LM", hidden_size=size.hidden,
                           adapters={str(i): c for i, c in enumerate(chosen)}, xlora_depth=1)
-        return Method(name, E, get_peft_model(model, cfg), no_cache=True)
+        return Method(name, E, _adapters_in_base_dtype(get_peft_model(model, cfg), base), no_cache=True)
     if name == "arrow":
         from peft import ArrowConfig, create_arrow_model
 
         model = create_arrow_model(share_copy(base), chosen, ArrowConfig(top_k=min(3, E), rng_seed=0))
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
-        return Method(name, E, model)
+        return Method(name, E, _adapters_in_base_dtype(model, base))
     raise LoramixError(f"unknown bench method {name!r}")
+
+
+def _adapters_in_base_dtype(model, base):
+    """PEFT loads adapters in fp32 over a bf16 base (and then computes the LoRA path in fp32): cast its
+    LoRA weights to the base's dtype, so every method computes in the bench's dtype."""
+    dtype = next(base.parameters()).dtype
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    return model
 
 
 def adapter_mib(method: Method, base) -> float:
@@ -360,9 +407,14 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
               methods: tuple[str, ...] | None = None, workloads: tuple[str, ...] = WORKLOADS,
               repeats: int | None = None, batch: int | None = None, json_path: Path | None = None,
               png_path: Path | None = None,
-              measure_memory: bool = True, log: Callable[[str], None] | None = None) -> BenchResult:
-    """Time every method on every workload; write ``json_path`` and ``png_path`` if given."""
-    size = resolve_size(size, experts, batch, repeats)
+              measure_memory: bool = True, log: Callable[[str], None] | None = None, shape: str | None = None,
+              dtype: str | None = None, rank: int | None = None, seq: int | None = None,
+              new_tokens: int | None = None, other_experts: tuple[int, ...] | None = None) -> BenchResult:
+    """Time every method on every workload; write ``json_path`` and ``png_path`` if given. ``shape`` swaps
+    the model for a released model's configuration (random weights); ``dtype``, ``rank``, ``seq`` and
+    ``new_tokens`` override the size's; ``other_experts`` gives ReMix, X-LoRA and Arrow their own E."""
+    size = resolve_size(size, experts, batch, repeats, shape=shape, dtype=dtype, rank=rank, seq=seq,
+                        new_tokens=new_tokens, other_experts=other_experts)
     check_workloads(workloads)
     methods = resolve_methods(methods)
     dev = resolve_device(device)
@@ -392,16 +444,40 @@ def run_bench(size: BenchSize | str = "full", device: str = "auto", experts: tup
 
 
 def resolve_size(size: BenchSize | str, experts: tuple[int, ...] | None, batch: int | None,
-                 repeats: int | None) -> BenchSize:
-    """The named (or given) size with the expert counts, batch and repeats overridden where given."""
+                 repeats: int | None, *, shape: str | None = None, dtype: str | None = None,
+                 rank: int | None = None, seq: int | None = None, new_tokens: int | None = None,
+                 other_experts: tuple[int, ...] | None = None) -> BenchSize:
+    """The named (or given) size with the model shape, expert counts, batch, repeats, dtype, rank,
+    sequence length and decode length overridden where given."""
     if isinstance(size, str):
         if size not in SIZES:
             raise LoramixError(f"unknown bench size {size!r}; valid: {', '.join(SIZES)}")
         size = SIZES[size]
+    if shape is not None:
+        if shape not in SHAPES:
+            raise LoramixError(f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+        m = SHAPES[shape]
+        size = BenchSize(**{**asdict(size), "arch": m.arch, "hidden": m.hidden, "intermediate": m.intermediate,
+                            "layers": m.layers, "heads": m.heads, "kv_heads": m.kv_heads, "vocab": m.vocab,
+                            "tie_embeddings": m.tie_embeddings, "shape": shape})
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise LoramixError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        size = BenchSize(**{**asdict(size), "dtype": str(DTYPES[dtype]).removeprefix("torch.")})
+    for option, field_name, value in (("--rank", "rank", rank), ("--seq-len", "seq", seq),
+                                      ("--new-tokens", "new_tokens", new_tokens)):
+        if value is not None:
+            if value < 1:
+                raise LoramixError(f"{option} must be >= 1, got {value}")
+            size = BenchSize(**{**asdict(size), field_name: value})
     if experts:
         if any(e < 1 for e in experts):
             raise LoramixError(f"expert counts must be >= 1, got {list(experts)}")
         size = BenchSize(**{**asdict(size), "experts": tuple(sorted(set(experts))), "other_experts": None})
+    if other_experts:
+        if any(e < 1 for e in other_experts):
+            raise LoramixError(f"--other-experts must be >= 1, got {list(other_experts)}")
+        size = BenchSize(**{**asdict(size), "other_experts": tuple(sorted(set(other_experts)))})
     if batch is not None:
         if batch < 1:
             raise LoramixError(f"batch must be >= 1, got {batch}")
@@ -694,8 +770,8 @@ def plot_scaling(rows: list[BenchRow], path: Path, meta: dict) -> Path:
         ax.set_title(w)
         ax.legend(fontsize=7)
     size = meta.get("size", {})
-    fig.suptitle(f"loramix routed LoRA: time vs E ({meta.get('device')}, hidden {size.get('hidden')}, "
-                 f"{size.get('layers')} layers)", fontsize=9)
+    fig.suptitle(f"loramix routed LoRA: time vs E ({meta.get('device')}, {size.get('shape') or 'hidden ' + str(size.get('hidden'))}, "
+                 f"{size.get('layers')} layers, {size.get('dtype', 'float32')}, r={size.get('rank')})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -670,6 +670,12 @@ def bench(
     repeats: Optional[int] = typer.Option(None, help="Timed rounds per method (median reported)."),
     workloads: Optional[str] = typer.Option(None, help="Comma-separated subset of train,prefill,decode."),
     batch: Optional[int] = typer.Option(None, help="Batch size of every workload (default: the size's)."),
+    shape: Optional[str] = typer.Option(None, help="A released model's configuration with random weights: qwen2.5-0.5b, qwen2.5-1.5b, llama-3.2-1b or llama-3.2-3b (default: the size's toy Llama)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 (bf16) or float16 (fp16) for the base, experts and adapters (default: float32)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank of every expert (default: the size's)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence in train and prefill (default: the size's)."),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", help="Greedy tokens per decode call (default: the size's)."),
+    other_experts: Optional[str] = typer.Option(None, "--other-experts", help="Expert counts for remix, xlora and arrow, e.g. 8 (default: those of --experts)."),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="Do not time: print (and --readme) the tables of this bench JSON."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Write the tables into this README's bench section (needs --json or --from-json)."),
 ) -> None:
@@ -688,7 +694,9 @@ def bench(
     result = run_bench(pick_size(quick, tiny), device=device, experts=parse_list(experts, int, "--experts"),
                        methods=parse_list(methods, str, "--methods"),
                        workloads=parse_list(workloads, str, "--workloads") or WORKLOADS, batch=batch,
-                       repeats=repeats, json_path=json_out, png_path=png,
+                       repeats=repeats, json_path=json_out, png_path=png, shape=shape, dtype=dtype, rank=rank,
+                       seq=seq_len, new_tokens=new_tokens,
+                       other_experts=parse_list(other_experts, int, "--other-experts"),
                        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     console.print(markdown_tables(result), markup=False, highlight=False, soft_wrap=True)
     where = f"{json_out} and {png}" if json_out else str(png)
