@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 import loramix
@@ -114,3 +115,19 @@ def test_duplicate_experts_are_refused(llama_setup, tmp_path):
         loramix.load_experts([paths[0], twin], model)
     with pytest.raises(LoramixError, match="names must be unique"):
         loramix.load_experts(paths[:2], model, names=["a", "a"])
+    with pytest.raises(AdapterError) as err:  # random B: a plain duplicate, no zero-delta hint
+        loramix.load_experts([paths[0], twin], model)
+    assert "zero deltas" not in str(err.value)
+
+
+def test_duplicate_untrained_experts_say_they_never_moved(llama_setup, tmp_path):
+    """Two adapters still at PEFT's initialisation (B = 0) are byte-identical; the error says why."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = llama_setup
+    for name in ("u1", "u2"):
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=True)
+        torch.manual_seed(0)
+        get_peft_model(copy.deepcopy(model), cfg).save_pretrained(tmp_path / name)
+    with pytest.raises(AdapterError, match=r"duplicate expert: .*both are zero deltas"):
+        loramix.load_experts([tmp_path / "u1", tmp_path / "u2"], model)

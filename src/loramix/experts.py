@@ -159,6 +159,10 @@ def load_expert(folder: str | Path, model: nn.Module, name: str | None = None) -
     return Expert(name or folder.name, folder, cfg, modules, expert_digests(folder))
 
 
+def _zero_delta(expert: Expert) -> bool:
+    return all(not bool(w.B.any()) for w in expert.modules.values())
+
+
 def load_experts(folders, model: nn.Module, names=None) -> list[Expert]:
     """Load several experts; refuse duplicates (the same weights twice) and name clashes."""
     folders = [Path(f) for f in folders]
@@ -170,7 +174,9 @@ def load_experts(folders, model: nn.Module, names=None) -> list[Expert]:
     for e in experts:
         digest = e.sha256[WEIGHTS_NAME]
         if digest in seen:
-            raise AdapterError(e.path, WEIGHTS_NAME, f"duplicate expert: same weights as {seen[digest]}")
+            why = ("; both are zero deltas (every lora_B is 0): the adapter never moved from its "
+                   "initialisation, e.g. GRPO whose completions all got the same reward") if _zero_delta(e) else ""
+            raise AdapterError(e.path, WEIGHTS_NAME, f"duplicate expert: same weights as {seen[digest]}{why}")
         seen[digest] = e.path
     if len(set(names)) != len(names):
         raise LoramixError(f"expert names must be unique, got {names}")
