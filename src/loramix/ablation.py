@@ -27,7 +27,7 @@ from pathlib import Path
 
 from loramix import stats
 from loramix.errors import DataError, LoramixError
-from loramix.io import atomic_path, write_json
+from loramix.io import atomic_path, write_json, write_jsonl
 from loramix.recipe import EvalStage, ReMixStage, from_dict
 from loramix.tasks.base import DEFAULT_DIFFICULTY
 
@@ -144,8 +144,7 @@ class Ablation:
                 for ex in task.examples("train", self.r.n_examples, seed=self.r.seed * 1000 + i,
                                         difficulty=self.r.difficulty):
                     rows.append({"prompt": ex.prompt, "completion": task.reference_completion(ex), "task": name})
-            with atomic_path(out) as tmp:
-                tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            write_jsonl(out, rows)
         return out
 
     def run_name(self, variant: str, seed: int) -> str:

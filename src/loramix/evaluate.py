@@ -340,13 +340,8 @@ def generate_with_routing(model, tokenizer, prompts: Sequence[str], *, collect_r
     own router (by its prompt classifier, if it has one). With ``collect_routing`` (mixtures only),
     also each sequence's ``RoutingRecord`` in prompt order (``task`` empty, ``token_task`` None)."""
     plan = _plan_routing(model, [], None, None, collect_routing)
-    hook = None
-    if plan.is_mix:
-        hook = _BatchHook(model, tokenizer, list(prompts), plan.mode, None, plan.collect)
-        model.reset_routing_trace()
-        model.record_routing = True
-    completions = generate(model, tokenizer, prompts, **gen_kwargs,
-                           before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None)
+    hook = _batch_hook(model, tokenizer, "", None, [], plan, list(prompts))
+    completions = generate(model, tokenizer, prompts, **gen_kwargs, before_batch=_before_batch(hook, plan))
     records = None
     if plan.collect:
         records = _records_from_batches(hook.batches, "", tokenizer, tokenizer.eos_token_id, tokenizer.pad_token_id,
@@ -442,6 +437,12 @@ def _batch_hook(model, tokenizer, name: str, task, examples: list, plan: _Routin
     return hook
 
 
+def _before_batch(hook: _BatchHook | None, plan: _RoutingPlan) -> _BatchHook | None:
+    """The hook ``generate`` calls per batch: only when it routes (not the mixture's own router) or
+    records."""
+    return hook if hook and (plan.mode != "model" or plan.collect) else None
+
+
 def _samples(task, examples: Sequence, completions: Sequence, keep: int) -> list[dict]:
     """The first ``keep`` prompts with their first completion, its verdict and the gold answer."""
     return [{"prompt": e.prompt, "completion": c[0].text, "correct": bool(task.is_correct(c[0].text, e)),
@@ -456,8 +457,7 @@ def _evaluate_task(model, tokenizer, name: str, task, examples: list, plan: _Rou
         raise LoramixError(f"task {name!r} has no {split} examples")
     prompts = render_prompts(tokenizer, [e.prompt for e in examples], chat_template)
     hook = _batch_hook(model, tokenizer, name, task, examples, plan, prompts)
-    completions = generate(model, tokenizer, prompts, **gen_kwargs,
-                           before_batch=hook if hook and (plan.mode != "model" or plan.collect) else None,
+    completions = generate(model, tokenizer, prompts, **gen_kwargs, before_batch=_before_batch(hook, plan),
                            label=f"task {name!r} ({split})")
     records = None
     if plan.collect:

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from loramix.errors import DataError, LoramixError
-from loramix.io import atomic_path
+from loramix.io import write_jsonl
 
 
 @dataclass
@@ -305,12 +305,6 @@ def generate_path(model_path: str | Path, prompts: Sequence[str] = (), *, prompt
     if out is not None:
         write_jsonl(out, [r.to_row() for r in result.rows])
     return result
-
-
-def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
-    """One JSON object per line, written atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 # --- terminal rendering ----------------------------------------------------------------------------
