@@ -5,14 +5,18 @@ gradients), experts that get no tokens and empty batches, and the decode fast pa
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loramix.kernels import SMALL_ASSIGNMENTS, grouped_lora, has_grouped_mm, routed_lora, small_lora
+from loramix import kernels
+from loramix.kernels import (SMALL_ASSIGNMENTS, add_routed_lora, grouped_lora, has_grouped_mm, routed_lora,
+                             small_lora)
 from loramix.routers import HardRouter, Routing, TopKRouter, fixed_routing
 
 from conftest import lora_stack
@@ -164,6 +168,58 @@ def test_small_decode_path_equals_grouped_path(tokens, experts, din, dout, k, dt
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     mag = float(grouped.float().abs().max().clamp_min(1.0))
     assert torch.allclose(small.float(), grouped.float(), rtol=tol, atol=tol * mag), (small - grouped).abs().max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tokens=st.integers(1, SMALL_ASSIGNMENTS), experts=st.integers(1, 8), din=st.integers(1, 16),
+    dout=st.integers(1, 16), k=st.integers(1, 3), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 10_000), one_expert=st.booleans(), grouped=st.booleans(),
+)
+def test_cpu_decode_step_adds_in_place_as_the_device_path(tokens, experts, din, dout, k, dtype, seed, one_expert,
+                                                          grouped):
+    """A CPU decoding step at inference (routing read on the host, added into the base output in place:
+    one matmul pair for a single expert, else grouped GEMMs or the per-expert loop and an index_add_)
+    gives ``out + routed_lora`` of the device path."""
+    k = 1 if one_expert else min(k, experts)
+    tokens = min(tokens, SMALL_ASSIGNMENTS // k)
+    gen = torch.Generator().manual_seed(seed)
+    ranks = torch.randint(0, 5, (experts,), generator=gen).tolist()
+    ranks[0] = max(ranks[0], 1)
+    A, B, scale = lora_stack(experts, din, dout, ranks, gen)
+    Bt = (B.transpose(1, 2) * scale[:, None, None]).to(dtype)  # frozen experts: scale folded into B
+    x = torch.randn(1, tokens, din, generator=gen).to(dtype)  # [batch, seq, in], as in the model
+    shape = tuple(x.shape[:-1])
+    if one_expert:
+        routing = fixed_routing(shape, experts, "cpu", expert=int(torch.randint(0, experts, (), generator=gen)))
+    else:
+        with torch.no_grad():
+            routing = HardRouter(din, experts, top_k=k).eval()(x.float())
+    assert routing.unit_weights
+    out = torch.randn(*shape, dout, generator=gen).to(dtype)
+    ref = out + routed_lora(x, dataclasses.replace(routing, _plan=None), A.to(dtype), Bt, None, ranks)
+    with mock.patch.dict(kernels._GROUPED_MM, {} if grouped else {("cpu", dtype): False}):  # else where torch has it
+        got = add_routed_lora(out, x, routing, A.to(dtype), Bt, None, ranks)
+    assert got is out  # added in place
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), ref.float(), rtol=tol, atol=tol * float(ref.float().abs().max().clamp_min(1)))
+
+
+def test_added_in_place_only_at_inference():
+    """A step that needs a gradient, or too many assignments, takes the device path (a new tensor)."""
+    gen = torch.Generator().manual_seed(0)
+    A, B, scale = lora_stack(3, 8, 6, [2, 2, 2], gen)
+    Bt = B.transpose(1, 2).contiguous()
+    x = torch.randn(4, 8, generator=gen)
+    routing = fixed_routing((4,), 3, "cpu", expert=1)
+    out = torch.zeros(4, 6, requires_grad=True)
+    assert add_routed_lora(out, x, routing, A, Bt, None, [2, 2, 2]) is not out
+    many = torch.randn(SMALL_ASSIGNMENTS + 1, 8, generator=gen)
+    out = torch.zeros(SMALL_ASSIGNMENTS + 1, 6)
+    got = add_routed_lora(out, many, fixed_routing((SMALL_ASSIGNMENTS + 1,), 3, "cpu", expert=1), A, Bt, None,
+                          [2, 2, 2])
+    assert got is not out and torch.equal(out, torch.zeros_like(out))
+    torch.testing.assert_close(got, many @ A[1].T @ Bt[1])
 
 
 # -- on the test device (benchmarks/gpu_check.sh) -----------------------------------------------

@@ -29,7 +29,7 @@ from loramix.errors import LoramixError
 from loramix.experts import (CONFIG_NAME, WEIGHTS_NAME, Expert, ExpertNotFoundError, LoraWeights, check_expert_digests,
                              find_expert, load_expert, load_experts, stack_module)
 from loramix.io import atomic_path, read_json
-from loramix.kernels import routed_lora
+from loramix.kernels import add_routed_lora
 from loramix.routers import (Routing, RouterOptions, build_options, fixed_routing, load_balance_loss, make_router,
                              router_class, z_loss)
 
@@ -116,7 +116,7 @@ class RoutedLinear(nn.Module):
         if routing is None:
             return out
         A, Bt = self.expert_A.to(x.dtype), self.expert_Bt.to(x.dtype)
-        return out + routed_lora(x, routing, A, Bt, self.expert_scale, self.ranks)
+        return add_routed_lora(out, x, routing, A, Bt, self.expert_scale, self.ranks)
 
     def extra_repr(self) -> str:
         return f"experts={len(self.ranks)}, ranks={self.ranks}"
