@@ -196,7 +196,7 @@ def routed_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.Te
         y = small_lora(x2, routing, A, Bt, scale)
     else:
         y = grouped_lora(x2, routing, A, Bt, scale, ranks)
-    return y.view(*lead, -1)
+    return y.view(*lead, Bt.shape[-1])  # not -1: a batch of 0 tokens has no size to infer
 
 
 # -- CPU decoding: the routing read on the host ----------------------------------------------------
