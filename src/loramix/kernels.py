@@ -119,13 +119,20 @@ def grouped_lora(x: torch.Tensor, routing: Routing, A: torch.Tensor, Bt: torch.T
     xs = _sorted_input(plan, x)
     k = routing.indices.shape[-1]
     T, out_features = x.shape[0], Bt.shape[-1]
-    if has_grouped_mm(x, A, Bt):
-        h = torch._grouped_mm(xs, A.transpose(1, 2), offs=plan.offsets)
-        y = torch._grouped_mm(h if w is None else h * w[:, None], Bt, offs=plan.offsets)
-    else:
-        y = _looped_lora(xs, w, plan.counts.tolist(), A, Bt, ranks)
+    y = _expert_groups(xs, w, plan, A, Bt, ranks)
     y = y.index_select(0, plan.inverse)
     return y if k == 1 else y.view(T, k, out_features).sum(1)
+
+
+def _expert_groups(xs: torch.Tensor, w: torch.Tensor | None, plan: "DispatchPlan | HostPlan", A: torch.Tensor,
+                   Bt: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+    """Each group of ``xs`` (rows in expert order) through its expert's LoRA: one ``torch._grouped_mm``
+    per factor where torch has it, else one matmul pair per expert that has rows."""
+    if has_grouped_mm(xs, A, Bt):
+        h = torch._grouped_mm(xs, A.transpose(1, 2), offs=plan.offsets)
+        return torch._grouped_mm(h if w is None else h * w[:, None], Bt, offs=plan.offsets)
+    counts = plan.counts if isinstance(plan.counts, list) else plan.counts.tolist()
+    return _looped_lora(xs, w, counts, A, Bt, ranks)
 
 
 def _looped_lora(xs: torch.Tensor, w: torch.Tensor | None, counts: list[int], A: torch.Tensor, Bt: torch.Tensor,
@@ -262,10 +269,5 @@ def add_routed_lora(out: torch.Tensor, x: torch.Tensor, routing: Routing, A: tor
         if r:
             o2.addmm_(x2 @ A[e, :r].T, Bt[e, :r])
         return out
-    xs = _sorted_input(plan, x2)
-    if has_grouped_mm(x2, A, Bt):
-        y = torch._grouped_mm(torch._grouped_mm(xs, A.transpose(1, 2), offs=plan.offsets), Bt, offs=plan.offsets)
-    else:
-        y = _looped_lora(xs, None, plan.counts, A, Bt, ranks)
-    o2.index_add_(0, plan.token, y)
+    o2.index_add_(0, plan.token, _expert_groups(_sorted_input(plan, x2), None, plan, A, Bt, ranks))
     return out
