@@ -7,7 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from loramix.bench import METHODS_PER_E, METHODS_SINGLE, SIZES, TRAIN_ONLY, WORKLOADS, parse_list, pick_size
+from loramix.bench import (METHODS_PER_E, METHODS_SINGLE, SIZES, TRAIN_ONLY, WORKLOADS, BenchRow, compute_targets,
+                           parse_list, pick_size)
 from loramix.cli import app
 from loramix.errors import LoramixError
 
@@ -32,6 +33,7 @@ def test_bench_tiny_cli_writes_rows_targets_and_png(tmp_path):
     assert [r["note"] for r in data["rows"] if r["method"] == "xlora" and r["workload"] == "decode"] == ["no KV cache"]
     assert data["targets"] and all({"name", "workload", "value", "met"} <= set(t) for t in data["targets"])
     assert {"size", "device", "torch", "peak_memory", "adapter_mib"} <= set(data["meta"])
+    assert data["meta"]["command"] == f"loramix bench --tiny --device cpu --json {out}"
     assert png.is_file() and png.stat().st_size > 0
     assert "| method | E |" in res.output and "| target |" in res.output
 
@@ -44,6 +46,16 @@ def test_bench_tiny_cli_writes_rows_targets_and_png(tmp_path):
     assert text.startswith("intro\n<!-- bench:start -->") and text.endswith("<!-- bench:end -->\nrest\n")
     assert "stale table" not in text and f"--from-json {out}" in text and "| hard | 2 |" in text
     assert text.count("| peft_lora | - |") == 1
+    assert f"measured by `loramix bench --tiny --device cpu --json {out}`" in text
+
+    # a README with a section named after the JSON's stem gets this run there; the plain one stays
+    readme.write_text("<!-- bench:start -->\nfull\n<!-- bench:end -->\n<!-- bench:bench:start -->\nstale run\n"
+                      "<!-- bench:bench:end -->\n")
+    res = CliRunner().invoke(app, ["bench", "--from-json", str(out), "--readme", str(readme)])
+    assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    assert text.startswith("<!-- bench:start -->\nfull\n<!-- bench:end -->\n") and "stale run" not in text
+    assert text.index("| hard | 2 |") > text.index("<!-- bench:bench:start -->")
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": [{"method": "x"}]}')
     res = CliRunner().invoke(app, ["bench", "--from-json", str(bad)])
@@ -72,3 +84,14 @@ def test_bench_narrowed_to_one_workload_and_batch(tmp_path):
     assert data["meta"]["size"]["batch"] == 1
     res = CliRunner().invoke(app, ["bench", "--tiny", "--workloads", "decode", "--batch", "0"])
     assert isinstance(res.exception, LoramixError) and "batch" in str(res.exception)
+
+
+def test_targets_cover_timed_workloads_and_batch_one_decode_is_tighter():
+    rows = [BenchRow("base", None, "decode", 0.9), BenchRow("peft_lora", None, "decode", 1.0),
+            BenchRow("hard", 2, "decode", 1.0), BenchRow("hard", 8, "decode", 1.06), BenchRow("hard", 32, "decode", 1.04)]
+    at_1 = {t.name: t for t in compute_targets(rows, (2, 8, 32), batch=1)}
+    assert {t.workload for t in at_1.values()} == {"decode"}  # no n/a rows for untimed train/prefill
+    assert at_1["hard E=8 vs PEFT LoRA"].threshold == 1.05 and at_1["hard E=8 vs PEFT LoRA"].met is False
+    at_8 = {t.name: t for t in compute_targets(rows, (2, 8, 32), batch=8)}
+    assert at_8["hard E=8 vs PEFT LoRA"].threshold == 1.08 and at_8["hard E=8 vs PEFT LoRA"].met is True
+    assert at_8["hard E=32 vs E=2 (flat in E)"].value == pytest.approx(1.04)
