@@ -97,13 +97,16 @@ def train_experts(base: Path, home: Path, tasks: list[str], args) -> dict[str, d
     settings = dict(steps=args.sft_steps, sft_learning_rate=args.sft_lr, batch_size=args.batch_size,
                     n_train=args.n_train, rank=args.rank, alpha=args.alpha, difficulty=args.difficulty,
                     grpo_steps=args.grpo_steps, grpo_lr=args.grpo_lr, base=str(base))
+    if args.mixed_share:
+        settings["mixed_share"] = args.mixed_share
     root = home / "experts" / _digest(settings)
     out = {}
     for task in tasks:
         sft = ExpertTrainConfig(task=task, base=base, out=root / f"{task}-sft", method="sft", steps=args.sft_steps,
                                 batch_size=args.batch_size, learning_rate=args.sft_lr, rank=args.rank,
                                 alpha=args.alpha, difficulty=args.difficulty, n_train=args.n_train, n_eval=16,
-                                threads=args.threads, progress=False, save_steps=10_000)
+                                mixed_share=args.mixed_share, threads=args.threads, progress=False,
+                                save_steps=10_000)
         train_expert(sft)
         m = json.loads((Path(sft.out) / "metrics.json").read_text())
         path, secs = Path(sft.out), m["train_seconds"]
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=512)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
+    ap.add_argument("--mixed-share", type=float, default=0.0,
+                    help="share of each SFT expert's prompts made mixed beside a public (easy) partner")
     ap.add_argument("--grpo-steps", type=int, default=0, help="GRPO steps on top of each SFT expert (0: SFT only)")
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
     ap.add_argument("--difficulty", default="medium", help="the experts' training difficulty")

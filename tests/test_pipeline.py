@@ -229,3 +229,32 @@ def test_bad_recipes_name_the_field(tmp_path):
         load_recipe(f)
     with pytest.raises(LoramixError, match="recipe methods: unknown"):
         Pipeline(dataclasses.replace(Recipe(), methods=["hard_mor"]), tmp_path)
+    f.write_text("embedded_base: {layers: 4, stpes: 1000}\n")
+    with pytest.raises(DataError, match=r"r.yaml: embedded_base.stpes: unknown key; valid: .*steps"):
+        load_recipe(f)
+    f.write_text("embedded_base: {layers: four}\n")
+    with pytest.raises(DataError, match=r"r.yaml: embedded_base.layers: must be int, got 'four'"):
+        load_recipe(f)
+    f.write_text("base: /models/qwen\nembedded_base: {layers: 4}\n")
+    with pytest.raises(DataError, match=r"r.yaml: embedded_base: applies to base: default only"):
+        load_recipe(f)
+
+
+def test_embedded_base_fields_pick_the_built_base(tmp_path, monkeypatch):
+    """``embedded_base`` changes the default base's config, and the pipeline uses that build."""
+    from loramix import base_model, pipeline
+
+    seen = {}
+
+    def fake_build(out=None, *, progress=True, **overrides):
+        seen.update(overrides)
+        return tmp_path / "base-4", False
+
+    monkeypatch.setattr(pipeline, "build_or_reuse", fake_build)
+    f = tmp_path / "r.yaml"
+    f.write_text("embedded_base: {layers: 4, steps: 1000}\n")
+    pipe = Pipeline(load_recipe(f), tmp_path / "runs", progress=False)
+    pipe.build_base()
+    assert seen == {"layers": 4, "steps": 1000} and pipe.base == str(tmp_path / "base-4")
+    assert base_model.default_base_path(dataclasses.replace(base_model.DEFAULT_CONFIG, layers=4)) != \
+        base_model.default_base_path(base_model.DEFAULT_CONFIG)

@@ -143,7 +143,7 @@ def test_bool_answers_are_strings_not_labels():
             for op, nxt in zip(signs, parts[1:]):
                 assert len(nxt) == len(value)
                 value = [ops[op](x, c == "T") for x, c in zip(value, nxt)]
-            assert e.answer == render(value) and "".join(p[-1] for p in e.reasoning.split(", ")[-1].split()) == e.answer
+            assert e.answer == render(value) and "".join(p[-1] for p in e.reasoning.split("\n")[-1].split(", ")[-1].split()) == e.answer
 
 
 def test_medium_is_beyond_easy():
@@ -193,3 +193,47 @@ def test_saved_examples_verify(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(LoramixError, match=r"line 6: field 'answer': expected str, got int"):
         task.load(path)
+
+
+@pytest.mark.parametrize("name", ["add", "sort", "bool", "mod", "strings"])
+def test_reasoning_restates_the_problem_then_traces(name):
+    """The trace's first line is the prompt's problem, so a part of a mixed prompt is traced from the
+    same local context as the single prompt; no trace uses the mixed separator."""
+    from loramix.tasks.mixed import THINK_SEP
+
+    for e in get_task(name).examples("test", 50, difficulty="medium"):
+        problem, trace = e.reasoning.split("\n", 1)
+        assert e.prompt == f"{name}: {problem}\n" and trace and "\n" not in trace and THINK_SEP not in e.reasoning
+
+
+def test_public_partners_mix_a_share_of_an_experts_prompts():
+    from loramix.tasks.mixed import MixedExample, mixed_reference_completion, with_public_partners
+    from loramix.train.experts import ExpertTrainConfig
+
+    own = get_task("mod").examples("train", 200, difficulty="medium")
+    out = with_public_partners(own, "mod", 0.3, seed=0)
+    assert out == with_public_partners(own, "mod", 0.3, seed=0) and len(out) == len(own)
+    mixed = [(i, e) for i, e in enumerate(out) if isinstance(e, MixedExample)]
+    assert 40 <= len(mixed) <= 80  # ~30% of 200
+    assert all(e is o for e, o in zip(out, own) if not isinstance(e, MixedExample))
+    partners = {e.b.task for _, e in mixed}
+    assert partners <= set(SYNTHETIC_TASKS) - {"mod"} and len(partners) >= 3
+    assert {e.swapped for _, e in mixed} == {True, False}
+    for i, e in mixed:
+        assert e.a is own[i] and e.b.meta["level"] == 1 and e.b.meta["split"] == "train"  # public: easy, train
+        assert e.prompt.count("\n") == 3 and e.prompt.endswith(f"keys: {e.keys[0]} {e.keys[1]}\n")
+        first, second = e.order
+        assert mixed_reference_completion(e).startswith(f"<think>{first.reasoning};{second.reasoning}</think>")
+    assert with_public_partners(own, "mod", 0.0) == own
+    from loramix.train.experts import _sft_dataset
+
+    completions = _sft_dataset(get_task("mod"), out)["completion"]
+    assert sum('"mod_answer"' in c for c in completions) == len(mixed)  # the SFT rows are the mixed references
+    with pytest.raises(LoramixError, match="not a built-in synthetic domain"):
+        with_public_partners([], "gsm8k", 0.3)
+    with pytest.raises(LoramixError, match=r"mixed_share: must be in \[0, 1\)"):
+        ExpertTrainConfig(task="mod", method="sft", mixed_share=1.0).validate()
+    with pytest.raises(LoramixError, match="mixed_share: applies to SFT"):
+        ExpertTrainConfig(task="mod", method="grpo", mixed_share=0.3).validate()
+    with pytest.raises(LoramixError, match="mixed_share: public partners exist only"):
+        ExpertTrainConfig(task="gsm8k", method="sft", mixed_share=0.3).validate()

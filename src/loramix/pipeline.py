@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from loramix import __version__
 from loramix.analysis import analyze_mixture
-from loramix.base_model import ensure_base
+from loramix.base_model import build_or_reuse
 from loramix.baselines.merges import merge_experts
 from loramix.baselines.oracle import make_oracle_mixture
 from loramix.errors import LoramixError, unknown_name
@@ -184,8 +184,8 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------------
     def build_base(self) -> None:
         # the embedded default is built on first use, with its bar only when not quiet
-        self.base = str(ensure_base(progress=self.progress) if str(self.r.base) == "default"
-                        else resolve_base(self.r.base))
+        self.base = str(build_or_reuse(progress=self.progress, **self.r.embedded_base)[0]
+                        if str(self.r.base) == "default" else resolve_base(self.r.base))
         self.console.print(f"base: {self.base}", highlight=False)
 
     def train_experts(self) -> None:
@@ -212,6 +212,7 @@ class Pipeline:
                     learning_rate=e.learning_rate if method == "grpo" else e.sft_learning_rate,
                     sft_learning_rate=e.sft_learning_rate,
                     rank=e.rank, alpha=e.alpha, difficulty=self.r.difficulty, n_train=e.n_train,
+                    mixed_share=e.mixed_share if method == "sft" or e.sft_warmup_steps else 0.0,
                     n_eval=e.n_eval, seed=self.r.seed, chat_template=self.r.chat_template, progress=self.progress)
                 train_expert(cfg, console=self.console)
 
@@ -341,11 +342,11 @@ class Pipeline:
             bar.update(task, now="")
 
     def _evaluate_one(self, name: str, path) -> None:
-        """Score one method on every domain into ``eval/<name>.json``; a mixture is scored while its
-        routing is analyzed (``analysis/<name>``)."""
+        """Score one method on every domain into ``eval/<name>.json``; a mixture's first seed is scored
+        while its routing is analyzed (``analysis/<name>``), its other seeds only scored."""
         common, out = self._common_eval(), self.path("eval", f"{name.replace(':', '_')}.json")
         model, tok, kind = load_for_eval(path, self.base)
-        if kind == "mixture":
+        if kind == "mixture" and method_of(name) == name:  # the report reads the routing of seed 0's run only
             log = Path(path) / "train_log.json"
             if log.is_file() and "ess_mean" not in log.read_text():
                 log = Path("-")  # too short a run to have logged routing

@@ -36,6 +36,10 @@ class ExpertStage:
     n_train: int = 1000
     n_eval: int = 50
     max_completion_length: int | None = None
+    # SFT (the SFT experts and any SFT warm-up), built-in synthetic domains only: this share of the
+    # prompts is made mixed beside a public partner (another domain at easy), so that each expert
+    # learns its part's place in the two-key format
+    mixed_share: float = 0.0
 
 
 @dataclass
@@ -104,6 +108,9 @@ class Recipe:
 
     name: str = "tiny"
     base: str = "default"
+    # base "default" only: BaseConfig fields of the embedded base changed from their defaults, e.g.
+    # {layers: 4, steps: 1000} (a larger base, built and cached under its own config hash)
+    embedded_base: dict = field(default_factory=dict)
     tasks: list[str] = field(default_factory=lambda: ["add", "sort", "bool", "mod", "strings"])
     # per task: get_task's kwargs, its data, e.g. {gsm8k: {train: FILE, test: FILE}} (loramix.tasks.splits)
     task_kwargs: dict = field(default_factory=dict)
@@ -177,7 +184,24 @@ def load_recipe(path: str | Path | None) -> Recipe:
         raise DataError(path, "file", f"not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise DataError(path, "file", "must hold a mapping")
-    return from_dict(Recipe, data, path)
+    recipe = from_dict(Recipe, data, path)
+    _check_embedded_base(recipe, path)
+    return recipe
+
+
+def _check_embedded_base(recipe: Recipe, path: Path) -> None:
+    if not recipe.embedded_base:
+        return
+    from loramix.base_model import BaseConfig
+
+    if recipe.base != "default":
+        raise DataError(path, "embedded_base", f"applies to base: default only, not base: {recipe.base}")
+    hints = typing.get_type_hints(BaseConfig)
+    for key, value in recipe.embedded_base.items():
+        if key not in hints:
+            raise DataError(path, f"embedded_base.{key}", f"unknown key; valid: {', '.join(sorted(hints))}")
+        if key != "domains":
+            _check(value, hints[key], path, f"embedded_base.{key}")
 
 
 def with_overrides(recipe: Recipe, base: str | None = None, task_kwargs: dict | None = None) -> Recipe:

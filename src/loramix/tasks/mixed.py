@@ -202,6 +202,39 @@ def mixed_examples(task_a, task_b, split: str = "test", n: int = 100, seed: int 
     return out
 
 
+def with_public_partners(examples: Sequence, task, share: float, seed: int = 0,
+                         partner_difficulty: str | int = "easy") -> list:
+    """``examples`` of a synthetic ``task`` with a ``share`` of them (every ``1/share``-th, by a seeded
+    draw) turned into mixed prompts: the example beside a partner from another built-in synthetic
+    domain at ``partner_difficulty``, in a random order. The partners are the embedded base's own
+    pretraining level, public data, so an expert trained this way still uses no other team's data;
+    it learns where its part stands in the two-key format (the ``;`` after its trace, its key in
+    the JSON) instead of only the one-key format."""
+    from loramix.tasks.synthetic import SYNTHETIC_TASKS, SyntheticTask
+
+    task = _task(task)
+    if not 0 <= share < 1:
+        raise LoramixError(f"mixed share {share!r}: must be in [0, 1)")
+    if share and not isinstance(task, SyntheticTask):
+        raise LoramixError(f"mixed share: task {task.name!r} is not a built-in synthetic domain; public "
+                           f"partners exist only for {', '.join(SYNTHETIC_TASKS)}")
+    if not share:
+        return list(examples)
+    rng = random.Random(f"partners|{task.name}|{seed}")
+    others = [name for name in SYNTHETIC_TASKS if name != task.name]
+    picks = [i for i in range(len(examples)) if rng.random() < share]
+    pools = {name: iter(_task(name).examples("train", len(picks), seed=seed, difficulty=partner_difficulty))
+             for name in others}
+    out = list(examples)
+    for i in picks:
+        partner = next(pools[rng.choice(others)])
+        swapped = rng.random() < 0.5
+        first, second = (partner, examples[i]) if swapped else (examples[i], partner)
+        out[i] = MixedExample(mixed_prompt(first, second), examples[i], partner,
+                              f"{task.name}{MIXED_SEP}{partner.task}", swapped)
+    return out
+
+
 def mixed_reference_completion(ex: MixedExample) -> str:
     """``<think>{r_first};{r_second}</think>\\n{"first_answer": ..., "second_answer": ...}``."""
     return f"{THINK_OPEN}{ex.reasoning}{THINK_CLOSE}\n{ex.answer}"
@@ -347,4 +380,4 @@ def resolve_task(name: str):
 __all__ = ["KEYED", "KEYS_PREFIX", "MERGED_HEADER", "MERGED_INSTRUCTION", "MIXED_SEP", "MixedExample", "MixedTask",
            "THINK_SEP", "answer_key", "completion_segments", "is_benchmark", "labels_to_tokens", "merged_pieces",
            "mixed_answers", "mixed_examples", "mixed_prompt", "mixed_reference_completion", "prompt_segments",
-           "prompt_token_segments", "resolve_task", "segment_at", "token_spans"]
+           "prompt_token_segments", "resolve_task", "segment_at", "token_spans", "with_public_partners"]

@@ -37,7 +37,8 @@ from loramix.errors import LoramixError
 from loramix.experts import MLP_MODULES
 from loramix.io import atomic_path, read_json, sha256_file, write_json
 from loramix.loading import base_fingerprint, load_model_and_tokenizer, resolve_base
-from loramix.tasks import get_task
+from loramix.tasks import SYNTHETIC_TASKS, get_task
+from loramix.tasks.mixed import MixedExample, mixed_reference_completion, with_public_partners
 from loramix.train.common import (METRICS_FILE, RunFolder, greedy_eval, last_checkpoint, processes, quiet_hf, reward_fn,
                                   run_trainer, torch_threads, training_arguments)
 
@@ -48,7 +49,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Fields that change how a run is executed or shown, not what it produces.
 RUN_FIELDS = frozenset({"out", "progress", "threads", "force", "save_steps", "eval_batch_size"})
 # Settings added after runs were recorded: left out of the identity at these values (today's behaviour).
-IDENTITY_DEFAULTS = {"top_p": 1.0, "lr_scheduler_type": "linear", "warmup_ratio": 0.0}
+IDENTITY_DEFAULTS = {"top_p": 1.0, "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "mixed_share": 0.0}
 LR_SCHEDULERS = tuple(s.value for s in transformers.SchedulerType)  # the names the HF Trainer accepts
 
 
@@ -80,6 +81,9 @@ class ExpertTrainConfig:
     target_modules: tuple[str, ...] = MLP_MODULES
     beta: float = 0.0  # KL coefficient; 0 skips the reference model entirely
     difficulty: str = "medium"
+    # SFT only, built-in synthetic domains only: this share of the train prompts becomes a mixed
+    # two-key prompt beside a public partner (another domain at easy, the base's pretraining level)
+    mixed_share: float = 0.0
     n_train: int = 1000  # train prompts
     n_eval: int = 100  # held-out (validation split) prompts for the before/after accuracy
     seed: int = 0
@@ -130,6 +134,13 @@ class ExpertTrainConfig:
             raise _bad("beta", f"must be >= 0, got {self.beta!r}")
         if not 0 < self.top_p <= 1:
             raise _bad("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.mixed_share < 1:
+            raise _bad("mixed_share", f"must be in [0, 1), got {self.mixed_share!r}")
+        if self.mixed_share and self.task not in SYNTHETIC_TASKS:
+            raise _bad("mixed_share", f"public partners exist only for the built-in synthetic domains "
+                                      f"({', '.join(SYNTHETIC_TASKS)}), not {self.task!r}")
+        if self.mixed_share and self.method == "grpo" and not self.sft_warmup_steps:
+            raise _bad("mixed_share", "applies to SFT (--method sft, or an SFT warm-up before GRPO)")
         if not 0 <= self.warmup_ratio < 1:
             raise _bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
         if self.lr_scheduler_type not in LR_SCHEDULERS:
@@ -256,7 +267,8 @@ def _sft_dataset(task, examples, chat: bool = False):
     loss on the assistant's reply."""
     import datasets
 
-    completions = [task.reference_completion(e) for e in examples]
+    completions = [mixed_reference_completion(e) if isinstance(e, MixedExample) else task.reference_completion(e)
+                   for e in examples]
     return datasets.Dataset.from_dict({
         "prompt": [user_message(e.prompt) if chat else e.prompt for e in examples],
         "completion": [[{"role": "assistant", "content": c}] for c in completions] if chat else completions,
@@ -309,6 +321,7 @@ def _sft_trainer(cfg: ExpertTrainConfig, model, tok, peft_config, ckpt_dir: Path
     args = training_arguments(ckpt_dir, args_class=SFTConfig, **_common_args(cfg, steps, "sft"), max_length=max_len,
                               completion_only_loss=True, packing=False, shuffle_dataset=True)
     tok.padding_side = "right"
+    train_exs = with_public_partners(train_exs, task, cfg.mixed_share, cfg.seed)
     return SFTTrainer(model=model, args=args,
                       train_dataset=_sft_dataset(task, train_exs, uses_chat_template(tok, cfg.chat_template)),
                       processing_class=tok, peft_config=peft_config)

@@ -3,7 +3,8 @@ pretrained on easy has never added a 4-digit number). The trace works least-sign
 first, one column per step as `a+b+carry=two-digit sum` (`2+9+0=11`), then the answer:
 
     add: 482+739
-    <think>2+9+0=11 8+3+1=12 4+7+1=12|1221</think>
+    <think>482+739
+    2+9+0=11 8+3+1=12 4+7+1=12|1221</think>
 """
 
 from __future__ import annotations

@@ -1,5 +1,16 @@
 """`SyntheticTask`: a procedurally generated domain. Subclasses implement `generate(rng, level)`
-returning (problem, answer, reasoning); the prompt is `"{name}: {problem}\\n"`.
+returning (problem, answer, trace); the prompt is `"{name}: {problem}\\n"` and the reasoning
+restates the problem before its trace, `"{problem}\\n{trace}"`::
+
+    add: 482+739
+    <think>482+739
+    2+9+0=11 8+3+1=12 4+7+1=12|1221</think>
+    {"answer": "1221"}
+
+Restating puts each step's operands next to it, so a trace is computed from the same local context
+whether its problem stands alone or is one part of a mixed two-domain prompt (measured with
+`benchmarks/world_check.py`: a 4-layer base answers easy mixed prompts about as well as single ones
+with restated traces, far worse without).
 
 Splits are disjoint by construction: a problem belongs to the split picked by a hash of its prompt
 (80% train, 10% validation, 10% test) and generation rejects problems of other splits. Examples
@@ -40,7 +51,8 @@ class SyntheticTask(Task):
     kind = "synthetic"
 
     def generate(self, rng: random.Random, level: int) -> tuple[str, str, str]:
-        """One problem at `level` (1-3): (problem text, gold answer, reasoning trace)."""
+        """One problem at `level` (1-3): (problem text, gold answer, trace); `examples` puts the
+        problem in front of the trace."""
         raise NotImplementedError
 
     def make_prompt(self, problem: str) -> str:
@@ -61,7 +73,7 @@ class SyntheticTask(Task):
                 if rejects > _MAX_REJECTS + 20 * n:  # pragma: no cover - a broken generator
                     raise LoramixError(f"task {self.name!r}: cannot generate {split} problems")
                 continue
-            out.append(Example(prompt, answer, reasoning, self.name,
+            out.append(Example(prompt, answer, f"{problem}\n{reasoning}", self.name,
                                {"split": split, "level": level, "seed": seed}))
         return out
 

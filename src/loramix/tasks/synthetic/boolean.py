@@ -5,7 +5,8 @@ guess is right with chance 2^-length). The trace applies the operator position b
 separates the steps of a chain with `, `:
 
     bool: TFTT#FTTF
-    <think>T#F=T F#T=T T#T=F T#F=T</think>     (answer TTFT)
+    <think>TFTT#FTTF
+    T#F=T F#T=T T#T=F T#F=T</think>     (answer TTFT)
 
 Easy problems use only `&` and `|`; medium has the same sizes (two operands of 3-5 values) but
 draws from `&`, `|`, `#` and `@` (the new two twice as often, so two thirds of medium problems need

@@ -4,7 +4,8 @@ those remainder tables are the medium skill). The trace is Horner's rule,
 most-significant digit first, one `value%m=remainder` per digit:
 
     mod: 4837%7
-    <think>4%7=4 48%7=6 63%7=0 7%7=0</think>     (answer 0)
+    <think>4837%7
+    4%7=4 48%7=6 63%7=0 7%7=0</think>     (answer 0)
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ easy lists have 3-5 items, medium 5-7, so the base pretrained on easy has never 
 The trace is insertion sort, one sorted prefix per step, separated by `|`:
 
     sort: 52 7 31 9
-    <think>7 52|7 31 52|7 9 31 52</think>
+    <think>52 7 31 9
+    7 52|7 31 52|7 9 31 52</think>
 """
 
 from __future__ import annotations

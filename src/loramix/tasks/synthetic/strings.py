@@ -2,7 +2,8 @@
 (a Caesar shift). The trace maps each letter, then the answer is the shifted word:
 
     strings: rot3 abz
-    <think>a>d b>e z>c</think>      (answer dec)
+    <think>rot3 abz
+    a>d b>e z>c</think>      (answer dec)
 
 Easy uses shifts 1-3 only; medium draws shifts 2-7 over the same word lengths, hard 1-13 over
 longer words. A base pretrained on easy has never applied shifts 4-7: those letter tables are the
