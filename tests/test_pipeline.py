@@ -258,3 +258,24 @@ def test_embedded_base_fields_pick_the_built_base(tmp_path, monkeypatch):
     assert seen == {"layers": 4, "steps": 1000} and pipe.base == str(tmp_path / "base-4")
     assert base_model.default_base_path(dataclasses.replace(base_model.DEFAULT_CONFIG, layers=4)) != \
         base_model.default_base_path(base_model.DEFAULT_CONFIG)
+
+
+def test_demo_command_runs_the_tiny_recipe(tmp_path, monkeypatch):
+    """`make demo` is `loramix demo`: it must reach the pipeline with the shipped tiny recipe (a
+    command calling another command must pass every option, or it gets typer's OptionInfo objects)."""
+    from typer.testing import CliRunner
+
+    from loramix import pipeline as pipeline_module
+    from loramix.cli import app
+
+    seen = {}
+
+    def fake_run(recipe, root, console=None, progress=True):
+        seen.update(recipe=recipe, root=root)
+        return {"methods": {}}
+
+    monkeypatch.setattr(pipeline_module, "run_pipeline", fake_run)
+    monkeypatch.setattr("loramix.report.tables_markdown", lambda report: "tables")
+    res = CliRunner().invoke(app, ["demo", "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert seen["recipe"] == load_recipe(Path("recipes/tiny.yaml")) and seen["root"] == tmp_path

@@ -116,7 +116,8 @@ def demo(
     root: Path = typer.Option(Path("runs"), "--root", help="Runs folder."),
 ) -> None:
     """The main job on the embedded default: `loramix pipeline --config recipes/tiny.yaml`."""
-    pipeline(config=_tiny_recipe(), root=root, readme=None, quiet=False)
+    # every parameter given: called as a function, a typer command's omitted options are OptionInfo objects
+    pipeline(config=_tiny_recipe(), root=root, readme=None, quiet=False, dry_run=False, base=None, data=None)
 
 
 def _tiny_recipe() -> Optional[Path]:
