@@ -725,12 +725,11 @@ def load_result(path: str | Path) -> BenchResult:
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def readme_markers(json_path: str | Path, text: str) -> tuple[str, str]:
-    """The README section a bench JSON fills: ``<!-- bench:STEM:start -->`` ... ``end`` where the
-    README has one for the JSON's file stem (several runs, several tables), else the plain one."""
+def readme_markers(json_path: str | Path) -> tuple[str, str]:
+    """The README section of one bench JSON, ``<!-- bench:STEM:start -->`` ... ``end`` (several runs,
+    several tables); a README without it gets the plain bench section."""
     stem = Path(json_path).stem
-    start, end = f"<!-- bench:{stem}:start -->", f"<!-- bench:{stem}:end -->"
-    return (start, end) if start in text and end in text else (README_START, README_END)
+    return f"<!-- bench:{stem}:start -->", f"<!-- bench:{stem}:end -->"
 
 
 def update_readme(result: BenchResult, json_path: str | Path, readme: str | Path = "README.md") -> Path:
@@ -750,12 +749,7 @@ def update_readme(result: BenchResult, json_path: str | Path, readme: str | Path
             f"measured by `{command}` on {where}: {model}, LoRA r={size.get('rank')} on gate/up/down; "
             f"{'; '.join(work)}; {meta.get('timing', '')}; {meta.get('total_seconds', '?')} s in all. "
             f"Times in seconds, ratios against PEFT single-LoRA._\n\n" + markdown_tables(result) + "\n")
-    try:
-        text = Path(readme).read_text()
-    except OSError as e:
-        raise LoramixError(f"{readme}: cannot read ({e.strerror})") from None
-    start, end = readme_markers(json_path, text)
-    return replace_readme_section(readme, start, end, body)
+    return replace_readme_section(readme, README_START, README_END, body, prefer=readme_markers(json_path))
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:

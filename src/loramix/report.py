@@ -501,13 +501,17 @@ def update_readme(run: str | Path, readme: str | Path = "README.md") -> Path:
     return replace_readme_section(readme, START, END, body)
 
 
-def replace_readme_section(readme: str | Path, start: str, end: str, body: str) -> Path:
-    """Replace the text between the ``start`` and ``end`` markers of ``readme`` (atomically)."""
+def replace_readme_section(readme: str | Path, start: str, end: str, body: str,
+                           prefer: tuple[str, str] | None = None) -> Path:
+    """Replace the text between the ``start`` and ``end`` markers of ``readme`` (atomically), or
+    between the ``prefer`` pair of markers where the README has them."""
     readme = Path(readme)
     try:
         text = readme.read_text()
     except OSError as e:
         raise LoramixError(f"{readme}: cannot read ({e.strerror})") from None
+    if prefer and prefer[0] in text and prefer[1] in text:
+        start, end = prefer
     if start not in text or end not in text:
         raise LoramixError(f"{readme}: no {start} ... {end} section to replace")
     head, rest = text.split(start, 1)

@@ -9,8 +9,8 @@ restates the problem before its trace, `"{problem}\\n{trace}"`::
 
 Restating puts each step's operands next to it, so a trace is computed from the same local context
 whether its problem stands alone or is one part of a mixed two-domain prompt (measured with
-`benchmarks/world_check.py`: a 4-layer base answers easy mixed prompts about as well as single ones
-with restated traces, far worse without).
+`benchmarks/world_check.py`: with restated traces a 4-layer base answers easy mixed prompts about as
+well as single ones).
 
 Splits are disjoint by construction: a problem belongs to the split picked by a hash of its prompt
 (80% train, 10% validation, 10% test) and generation rejects problems of other splits. Examples
