@@ -35,6 +35,8 @@
 # The script enforces the budget itself: GPU_CHECK_BUDGET_S (default 450 s; 60 s with --tiny) bounds
 # the whole run; each step gets at most its own cap and the time left, and a step that would start with
 # under 30 s (GPU_CHECK_MIN_START_S) left is skipped (recorded as "skipped", not as a failure). Steps are in priority order.
+# GPU_CHECK_ONLY=name,name,... runs only the steps named (the others are recorded as skipped): a rerun on a
+# second lease of what the first one missed, e.g. GPU_CHECK_ONLY=bench_llama-3.2-3b_r128_decode_b1.
 # With the device tool:  run(command="bash benchmarks/gpu_check.sh $OUT", timeout_s=540)
 set -euo pipefail
 
@@ -77,6 +79,11 @@ log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"; }
 step() {
   local name="$1" cap="$2"; shift 2
   local left=$((BUDGET_S - (SECONDS - T0)))
+  if [[ -n "${GPU_CHECK_ONLY:-}" && ",$GPU_CHECK_ONLY," != *",$name,"* ]]; then
+    log "SKIP $name: not in GPU_CHECK_ONLY"
+    printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
+    return 0
+  fi
   if ((left < MIN_START_S)); then
     log "SKIP $name: ${left}s of the ${BUDGET_S}s budget left"
     printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
@@ -178,7 +185,7 @@ collect >>"$LOG" 2>&1 || log "collect failed: exit $?"
 rm -rf "$RUNS" "$OUTDIR/.nvidia-smi.txt"
 
 "$PY" - "$STEPS" "$OUTDIR/summary.json" "$TINY" "$BUDGET_S" "$((SECONDS - T0))" <<'EOF'
-import json, sys
+import json, os, sys
 steps_file, out, tiny, budget, total = sys.argv[1:]
 steps = []
 for line in open(steps_file).read().splitlines():
@@ -187,8 +194,10 @@ for line in open(steps_file).read().splitlines():
 summary = {"mode": "tiny (cpu)" if tiny == "1" else "gpu", "budget_seconds": int(budget), "total_seconds": int(total),
            "steps": steps, "failed": [s["name"] for s in steps if s["status"] not in (0, "skipped")],
            "skipped": [s["name"] for s in steps if s["status"] == "skipped"]}
+only = [n for n in os.environ.get("GPU_CHECK_ONLY", "").split(",") if n]
+summary["unknown_only"] = [n for n in only if n not in {s["name"] for s in steps}]  # a typo runs nothing
 open(out, "w").write(json.dumps(summary, indent=2) + "\n")
 EOF
 rm -f "$STEPS"
 log "done in $((SECONDS - T0))s; summary in $OUTDIR/summary.json"
-"$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print(json.dumps(s, indent=2)); sys.exit(1 if s['failed'] else 0)" "$OUTDIR/summary.json"
+"$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print(json.dumps(s, indent=2)); sys.exit(1 if s['failed'] or s['unknown_only'] else 0)" "$OUTDIR/summary.json"

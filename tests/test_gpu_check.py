@@ -77,15 +77,34 @@ def test_tiny_run_writes_env_tests_and_bench(tiny_run):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path where CUDA is missing")
 def test_failing_steps_are_recorded_and_the_rest_still_runs(tmp_path):
     """Without --tiny and without CUDA: the device tests skip cleanly, each bench fails on
-    ``--device cuda``, the script goes on, skips what the budget leaves no time for, and exits 1."""
-    proc = run_script(tmp_path, GPU_CHECK_BUDGET_S="16", GPU_CHECK_MIN_START_S="3")
+    ``--device cuda``, the script goes on to the next step and exits 1. GPU_CHECK_ONLY keeps the run short
+    (and deterministic: a time budget small enough to skip steps depends on the machine's speed)."""
+    first, last = "bench_qwen2.5-1.5b_r16_train_prefill", "bench_llama-3.2-3b_r128_decode_b32"
+    proc = run_script(tmp_path, GPU_CHECK_ONLY=f"env,tests,{first},{last}")
     summary = json.loads((tmp_path / "summary.json").read_text())
     status = {s["name"]: s["status"] for s in summary["steps"]}
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stdout[-3000:]
     assert status["env"] == 0 and status["tests"] == 0  # cuda tests skipped: pytest still exits 0
-    assert summary["failed"] and all(status[n] not in (0, "skipped") for n in summary["failed"])
-    assert summary["skipped"] and len(status) == 14  # every step is listed, run or not
-    assert "no CUDA device is available" in (tmp_path / "log.txt").read_text()
+    assert summary["failed"] == [first, last] and status[first] not in (0, "skipped")
+    assert len(status) == 14 and len(summary["skipped"]) == 10  # every step is listed, run or not
+    assert summary["unknown_only"] == []
+    log = (tmp_path / "log.txt").read_text()
+    assert "no CUDA device is available" in log and log.count("not in GPU_CHECK_ONLY") == 10
+
+
+def test_steps_the_budget_has_no_time_for_are_skipped_not_failed(tmp_path):
+    proc = run_script(tmp_path, GPU_CHECK_BUDGET_S="0")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert proc.returncode == 0 and summary["failed"] == []
+    assert len(summary["skipped"]) == 14 and summary["budget_seconds"] == 0
+    assert (tmp_path / "log.txt").read_text().count("of the 0s budget left") == 14
+
+
+def test_a_misspelt_only_step_fails_the_run_instead_of_running_nothing(tmp_path):
+    proc = run_script(tmp_path, "--tiny", GPU_CHECK_ONLY="bench_tiny_decode_b")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert proc.returncode == 1 and summary["unknown_only"] == ["bench_tiny_decode_b"]
+    assert summary["failed"] == [] and len(summary["skipped"]) == 4
 
 
 @pytest.mark.parametrize("shape,arch,billions", [("qwen2.5-0.5b", "Qwen2ForCausalLM", 0.49),

@@ -122,7 +122,6 @@ def test_rerun_is_cached_keeps_the_stage_times_and_prints_headings_1_to_8(mini_r
     on_disk = json.loads((root / "runs" / "mini" / "report.json").read_text())
     assert on_disk["stage_seconds"] == report["stage_seconds"]
     assert on_disk["last_run_seconds"] == again["last_run_seconds"]
-    assert pipe.run_seconds["2. experts (GRPO, SFT)"] < 5 and pipe.run_seconds[STAGES[5]] < 1
     headings = re.findall(r"─ (\d)\. ", shown.getvalue())
     assert headings == [str(i) for i in range(1, 9)], shown.getvalue()
     assert "{'" not in shown.getvalue()

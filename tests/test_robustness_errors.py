@@ -327,15 +327,12 @@ def test_usage_mistakes_print_the_usage_line_and_one_error_line(args, needle):
 # --- bad input is refused before any model is loaded or built (issue 15) -------------------------
 
 
-def run_script_in_home(args: list[str], home: Path) -> tuple[subprocess.CompletedProcess, float]:
-    """The installed script with ``LORAMIX_HOME=home``; (result, wall-clock seconds)."""
-    import time
-
+def run_script_in_home(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """The installed script with ``LORAMIX_HOME=home``. That the home stays empty is what shows the base
+    was never loaded (building it writes there), not the wall time: no timed asserts in unit tests."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
            "LORAMIX_HOME": str(home)}
-    start = time.perf_counter()
-    res = subprocess.run([LORAMIX, *args], capture_output=True, text=True, timeout=120, env=env)
-    return res, time.perf_counter() - start
+    return subprocess.run([LORAMIX, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_evaluate_default_with_an_unknown_task_fails_at_once_and_writes_nothing(tmp_path):
@@ -343,24 +340,20 @@ def test_evaluate_default_with_an_unknown_task_fails_at_once_and_writes_nothing(
     task names, and wrote it into the home cache."""
     home = tmp_path / "home"
     home.mkdir()
-    res, seconds = run_script_in_home(["evaluate", "default", "--tasks", "nope", "--n", "1"], home)
+    res = run_script_in_home(["evaluate", "default", "--tasks", "nope", "--n", "1"], home)
     assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add", "sort")
-    assert seconds < 5, f"took {seconds:.1f} s"
     assert not list(home.rglob("*"))
 
 
 def test_train_remix_and_distill_with_an_unknown_task_fail_before_the_base(tmp_path):
-    # the bound is loose (the training modules import TRL, seconds); building the base takes minutes
     home = tmp_path / "home"
     home.mkdir()
-    res, seconds = run_script_in_home(["train-remix", "--task", "nope", "--out", str(tmp_path / "remix"),
+    res = run_script_in_home(["train-remix", "--task", "nope", "--out", str(tmp_path / "remix"),
                                        "--steps", "1", "--quiet"], home)
     assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add")
-    assert seconds < 60, f"took {seconds:.1f} s"
-    res, seconds = run_script_in_home(["distill", "--experts", str(tmp_path / "e0"), "--tasks", "nope",
+    res = run_script_in_home(["distill", "--experts", str(tmp_path / "e0"), "--tasks", "nope",
                                        "--out", str(tmp_path / "traces.jsonl"), "--quiet"], home)
     assert_user_error(res.returncode, res.stdout + res.stderr, "unknown task 'nope'", "add")
-    assert seconds < 60, f"took {seconds:.1f} s"
     assert [p.name for p in tmp_path.iterdir()] == ["home"] and not list(home.rglob("*"))
 
 
