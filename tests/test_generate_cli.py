@@ -138,8 +138,8 @@ def test_generate_bad_prompt_files_name_file_and_line(models, tmp_path):
     from loramix.generation import generate_path
 
     cases = {
-        '{"prompt": "add: 1+2\\n"}\n{"prompt": \n': ("line 2", "not valid JSON"),
-        '{"prompt": "a"}\n\n["add"]\n': ("line 3", "'prompt' or 'messages'"),
+        '{"prompt": "add: 1+2\\n"}\n{"prompt": \n': ("line 2", "invalid JSON"),
+        '{"prompt": "a"}\n\n["add"]\n': ("line 3", "expected a JSON object"),
         '{"text": "a"}\n': ("line 1", "'prompt' or 'messages'"),
         '{"prompt": 5}\n': ("line 1: field 'prompt'", "non-empty string"),
         '{"prompt": ""}\n': ("line 1: field 'prompt'", "non-empty string"),

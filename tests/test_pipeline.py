@@ -54,7 +54,8 @@ def test_miniature_pipeline_writes_the_report(mini_run):
                 "expert_rl:add", "expert_rl:strings", "expert_sft:add", "expert_sft:strings"}
     assert set(report["methods"]) == expected
     seeded = {"mor_lora_hard", "mor_lora_hard_chosen", "soft", "topk2_norm", "gumbel", "prompt_router",
-              "prompt_router_fair", "remix", "mixlora_topk", "soft_trainable"}
+              "prompt_router_fair", "remix", "mixlora_topk", "soft_trainable", "multitask_lora",
+              "single_lora_same_active"}
     assert report["n_eval"] == {"add": 3, "strings": 3}
     for name, m in report["methods"].items():
         assert m["seeds"] == (2 if name in seeded else 1), name
@@ -82,6 +83,9 @@ def test_miniature_pipeline_writes_the_report(mini_run):
     # the memorised base answers its own training prompts; oracle routing keeps that
     assert report["routing"]["oracle"]["routing_accuracy"] == 1.0
     assert report["methods"]["soft_trainable"]["trainable_parameters"] == report["methods"]["remix"]["trainable_parameters"]
+    # ReMix's single-LoRA comparators: rank n*r (its total LoRA parameters) and k*r (its active ones): n=3, k=2
+    single, multi = (report["methods"][m]["trainable_parameters"] for m in ("single_lora_same_active", "multitask_lora"))
+    assert multi * 2 == single * 3 and multi < report["methods"]["remix"]["trainable_parameters"]
     for name in ("mor_lora_hard", "soft", "topk2_norm", "gumbel", "remix", "mixlora_topk", "soft_trainable"):
         r = report["routing"][name]
         assert 0 < r["mean_max_mass"] <= 1 and r["ess"] >= 1

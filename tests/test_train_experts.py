@@ -280,6 +280,9 @@ def test_cli_train_expert(base_dir, tmp_path):
     assert res.exit_code == 0 and "already trained" in res.output
     res = runner.invoke(app, args[:-1] + ["--method", "grpo", "--batch-size", "6", "--num-generations", "4"])
     assert isinstance(res.exception, LoramixError) and "batch_size" in str(res.exception)
+    # --mixed-share reaches the config: GRPO without an SFT warm-up has no use for it
+    res = runner.invoke(app, args[:-1] + ["--method", "grpo", "--num-generations", "4", "--mixed-share", "0.3"])
+    assert isinstance(res.exception, LoramixError) and "mixed_share" in str(res.exception)
 
 
 def test_cli_defaults_match_the_config():

@@ -240,6 +240,8 @@ def train_expert_cmd(
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard."),
     n_train: int = typer.Option(1000, "--n-train", help="Number of train prompts."),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out validation prompts for accuracy before/after."),
+    mixed_share: float = typer.Option(
+        0.0, "--mixed-share", help="SFT on a built-in domain: share of prompts made two-part, beside an easy question of another domain."),
     seed: int = typer.Option(0, "--seed", help="Seed (data, LoRA init, sampling)."),
     save_steps: int = typer.Option(10, "--save-steps", help="Checkpoint every this many steps (for resume)."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
@@ -256,8 +258,8 @@ def train_expert_cmd(
         batch_size=batch_size, num_generations=num_generations, temperature=temperature,
         max_completion_length=max_completion_length, learning_rate=lr, sft_learning_rate=sft_lr,
         init_adapter=init_adapter, rank=rank, alpha=alpha, dropout=dropout, beta=beta, difficulty=difficulty,
-        n_train=n_train, n_eval=n_eval, seed=seed, save_steps=save_steps, chat_template=chat_template,
-        threads=threads, force=force, progress=not quiet,
+        n_train=n_train, n_eval=n_eval, mixed_share=mixed_share, seed=seed, save_steps=save_steps,
+        chat_template=chat_template, threads=threads, force=force, progress=not quiet,
     )
     train_expert(config, console=console)
 

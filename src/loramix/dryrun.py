@@ -277,10 +277,12 @@ def _plan(recipe: Recipe, pipe, tok, context: int | None, loaded: dict, report: 
                                   0, router_runs * per_router))
     x, m = recipe.remix, recipe.multitask
     remix_runs = sum(len(pipe.runs_of(n)) for n in REMIX_METHODS if pipe.want(n))
-    multi_runs = sum(pipe.want(n) for n in ("multitask_lora", "single_lora_same_active"))
+    multi_runs, same_runs = (len(pipe.runs_of(n)) if pipe.want(n) else 0
+                             for n in ("multitask_lora", "single_lora_same_active"))
     report.stages.append(StageRow(
-        STAGES[4], f"{multi_runs} multi-task LoRAs, {remix_runs} ReMix/top-k trainings",
-        0, multi_runs * seqs(m.steps, m.batch_size) + remix_runs * seqs(x.steps, x.batch_size) * x.samples))
+        STAGES[4], f"{multi_runs + same_runs} single LoRAs, {remix_runs} ReMix/top-k/soft trainings",
+        0, multi_runs * seqs(m.steps, m.batch_size) + same_runs * seqs(x.steps, x.batch_size)
+        + remix_runs * seqs(x.steps, x.batch_size) * x.samples))
 
     budgets: dict[str, int] = {}
     prompts: dict[str, int] = {}

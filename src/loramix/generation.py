@@ -6,7 +6,6 @@ greedy or sampled, with a flag saying whether each completion finished (produced
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -142,47 +141,36 @@ class GenerateResult:
 
 class PromptRow(NamedTuple):
     """One row of a prompts file: a ``prompt`` string or chat ``messages`` (ending with the user's
-    turn), and where it stands (``line``) for errors."""
+    turn), and where it stands (``line 3``, or ``--prompt 1``) for errors."""
 
     path: str
-    line: int
+    where: str
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
 
-    @property
-    def where(self) -> str:
-        return f"line {self.line}"
-
 
 def read_prompts(path: str | Path) -> list[PromptRow]:
-    """The rows of a JSONL prompts file: objects with a non-empty string ``prompt``, or ``messages``
-    (``[{"role", "content"}, ...]``, the last one the user's); blank lines are skipped. A bad row is
-    a ``DataError`` naming the file, the line and the field."""
+    """The rows of a JSONL prompts file (``loramix.tasks.rows.read_jsonl``): objects with a non-empty
+    string ``prompt``, or ``messages`` (``[{"role", "content"}, ...]``, the last one the user's); blank
+    lines are skipped. A bad row is a ``DataError`` naming the file, the line and the field."""
     from loramix.chat import ROLES
+    from loramix.tasks.rows import read_jsonl
 
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file", "not found")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = read_jsonl(path)
     except UnicodeDecodeError as err:
         raise DataError(path, "file", f"not UTF-8 text ({err.reason})") from None
     out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, where, f"not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or ("prompt" not in row and "messages" not in row):
-            got = "an object without them" if isinstance(row, dict) else type(row).__name__
-            raise DataError(path, where, f"expected a JSON object with a 'prompt' or 'messages' field, got {got}")
+    for where, row in rows:
+        if "prompt" not in row and "messages" not in row:
+            raise DataError(path, where, "expected a JSON object with a 'prompt' or 'messages' field")
         if "prompt" in row:
             if not isinstance(row["prompt"], str) or not row["prompt"]:
                 raise DataError(path, f"{where}: field 'prompt'", f"must be a non-empty string, got {row['prompt']!r}")
-            out.append(PromptRow(str(path), number, prompt=row["prompt"]))
+            out.append(PromptRow(str(path), where, prompt=row["prompt"]))
             continue
         messages = row["messages"]
         field_ = f"{where}: field 'messages'"
@@ -195,7 +183,7 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
         if messages[-1]["role"] != "user":
             raise DataError(path, f"{field_}[{len(messages) - 1}]", "the last message must be the user's "
                             "(the model answers it)")
-        out.append(PromptRow(str(path), number, messages=messages))
+        out.append(PromptRow(str(path), where, messages=messages))
     if not out:
         raise DataError(path, "file", "no prompts (expected JSONL rows like {\"prompt\": \"...\"})")
     return out
@@ -272,7 +260,7 @@ def generate_path(model_path: str | Path, prompts: Sequence[str] = (), *, prompt
         rows = read_prompts(prompts_file)
         where = [f"{r.path}: {r.where}" for r in rows]
     else:
-        rows, where = [PromptRow("--prompt", i + 1, prompt=p) for i, p in enumerate(prompts)], None
+        rows, where = [PromptRow("--prompt", f"--prompt {i + 1}", prompt=p) for i, p in enumerate(prompts)], None
         if not rows:
             raise LoramixError("no prompts: give --prompt TEXT (repeatable) or --file prompts.jsonl")
         if not all(prompts):

@@ -67,7 +67,8 @@ ADAPTER_METHODS = (*MERGES, "multitask_lora", "single_lora_same_active")
 METHOD_FAMILIES = ("base", "expert_rl", "expert_sft", "oracle", "segment_oracle", *ROUTER_METHODS, *MERGES,
                    "multitask_lora", *PROMPT_ROUTERS, *REMIX_METHODS, "single_lora_same_active")
 FROZEN_EXPERT_METHODS = ("oracle", *ROUTER_METHODS, *PROMPT_ROUTERS)  # mixtures over the frozen RL experts
-SEEDED_METHODS = (*ROUTER_METHODS, *PROMPT_ROUTERS, *REMIX_METHODS)  # trained with `recipe.seeds` seeds
+SEEDED_METHODS = (*ROUTER_METHODS, *PROMPT_ROUTERS, *REMIX_METHODS, "multitask_lora",  # trained with
+                  "single_lora_same_active")  # `recipe.seeds` seeds
 MIXED_METHODS = ("base", "segment_oracle", "mor_lora_hard", *PROMPT_ROUTERS)  # token- vs prompt-level
 MIXED_ALL_SEEDS = ("mor_lora_hard", "prompt_router_fair")  # the token- vs prompt-level comparison; others: 1 seed
 SEED_MARK = "-s"  # methods/mor_lora_hard-s1 is mor_lora_hard trained with seed + 1
@@ -290,14 +291,17 @@ class Pipeline:
         for name, method in MERGES.items():
             if self.want(name) and not self.path("methods", name).exists():
                 merge_experts(self.base, experts, method, self.path("methods", name), seed=self.r.seed)
+        # ReMix's two single-LoRA comparators: the same total trainable LoRA parameters (rank n*r, with the
+        # multitask stage's schedule) and the same activated ones (rank k*r, with ReMix's own schedule)
         m, x = self.r.multitask, self.r.remix
-        ranks = {"multitask_lora": self.r.expert.rank, "single_lora_same_active": x.top_k * x.rank}
-        for name, rank in ranks.items():
-            if self.want(name):
+        plans = {"multitask_lora": (x.n_experts * x.rank, m.steps, m.batch_size, m.learning_rate),
+                 "single_lora_same_active": (x.top_k * x.rank, x.steps, x.batch_size, x.learning_rate)}
+        for name, (rank, steps, batch_size, lr) in plans.items():
+            for run, seed in self.runs_of(name) if self.want(name) else ():
                 train_multitask(MultitaskConfig(
-                    base=self.base, traces=traces, out=str(self.path("methods", name)), rank=rank, steps=m.steps,
-                    batch_size=m.batch_size, learning_rate=m.learning_rate, max_length=self.r.max_length,
-                    seed=self.r.seed, chat_template=self.r.chat_template, progress=self.progress))
+                    base=self.base, traces=traces, out=str(self.path("methods", run)), rank=rank, steps=steps,
+                    batch_size=batch_size, learning_rate=lr, max_length=self.r.max_length, seed=seed,
+                    chat_template=self.r.chat_template, progress=self.progress))
         for name, router in REMIX_METHODS.items():
             for run, seed in self.runs_of(name) if self.want(name) else ():
                 train_remix(ReMixConfig(
