@@ -228,3 +228,28 @@ def test_load_for_eval_and_evaluate_cli_take_experts_dir(tiny_folders, tmp_path)
     shutil.rmtree(tmp_path / "moved")
     model, _tok, _kind = load_for_eval(tmp_path / "exp")
     assert [e.path for e in model.experts] == [tmp_path / "exp" / "experts" / "math", tmp_path / "exp" / "experts" / "code"]
+
+
+def test_analyze_finds_moved_experts_with_experts_dir(tiny_folders, tmp_path):
+    """`loramix analyze` takes --experts-dir like evaluate and generate: a mixture whose experts moved
+    is analysed from their new folder, and without it the error says what to pass."""
+    from typer.testing import CliRunner
+
+    from loramix.cli import app
+
+    base, adapters = tiny_folders
+    runner = CliRunner()
+    res = runner.invoke(app, ["compose", "--base", str(base), "--experts", ",".join(adapters), "--router", "hard",
+                              "--out", str(tmp_path / "mix")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    shutil.move(str(tmp_path / "mine"), str(tmp_path / "moved"))
+    args = ["analyze", str(tmp_path / "mix"), "--tasks", "add", "--n", "2", "--max-new-tokens", "4",
+            "--expert-for", "add=0", "--out", str(tmp_path / "analysis")]
+    res = runner.invoke(app, args)
+    assert isinstance(res.exception, ExpertNotFoundError) and "--experts-dir" in str(res.exception)
+    assert not (tmp_path / "analysis").exists()
+    res = runner.invoke(app, [*args, "--experts-dir", str(tmp_path / "moved")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    analysis = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert list(analysis["tasks"]) == ["add"] and analysis["expert_for_task"] == {"add": 0}
+    assert analysis["mixture"]["experts"] == ["math", "code"]

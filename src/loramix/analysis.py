@@ -445,9 +445,10 @@ def analyze_mixture(
 
 
 def analyze_path(mixture_dir: str | Path, tasks: Sequence[str], *, base: str | None = None,
-                 expert_for: Sequence[str] | None = None, **kwargs) -> dict:
-    """``load_for_eval`` a mixture folder, then ``analyze_mixture``. The folder, tasks, options,
-    train log and ``out`` are checked first: bad input never loads (or builds) a model."""
+                 expert_for: Sequence[str] | None = None, experts_dir: str | Path | None = None, **kwargs) -> dict:
+    """``load_for_eval`` a mixture folder (its experts looked for in ``experts_dir`` first, when they
+    moved), then ``analyze_mixture``. The folder, tasks, options, train log and ``out`` are checked
+    first: bad input never loads (or builds) a model."""
     path = Path(mixture_dir)
     if not path.exists():
         raise LoramixError(f"{path}: not found")
@@ -461,7 +462,7 @@ def analyze_path(mixture_dir: str | Path, tasks: Sequence[str], *, base: str | N
         kwargs["train_log"] = load_train_log(kwargs["train_log"])
     if kwargs.get("out") is not None:
         check_writable(kwargs["out"])
-    model, tok, kind = load_for_eval(mixture_dir, base)
+    model, tok, kind = load_for_eval(mixture_dir, base, experts_dir)
     if kind != "mixture":
         raise LoramixError(f"{mixture_dir}: not a loramix mixture folder (no mixture_config.json)")
     return analyze_mixture(model, tok, tasks, expert_for_task=given, **kwargs)

@@ -616,6 +616,7 @@ def analyze_cmd(
     routing: str = typer.Option("model", "--routing", help="model, oracle, segment or prompt."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help=CHAT_TEMPLATE_HELP),
+    experts_dir: Optional[Path] = typer.Option(None, "--experts-dir", help=EXPERTS_DIR_HELP),
 ) -> None:
     """Routing analysis of a mixture: expert shares, routing accuracy, max mass, ESS, token colours."""
     from loramix.analysis import analyze_path, summary_table
@@ -623,7 +624,8 @@ def analyze_cmd(
 
     result = analyze_path(mixture, _task_list(tasks), task_kwargs=parse_data(data), base=base, expert_for=expert_for, out=out, train_log=train_log,
                           n=n, mixed=mixed, layer=layer, split=split, difficulty=difficulty, batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, routing=routing, seed=seed, chat_template=chat_template)
+                          max_new_tokens=max_new_tokens, routing=routing, seed=seed, chat_template=chat_template,
+                          experts_dir=experts_dir)
     console.print(summary_table(result))
     console.print(f"wrote {out}: {', '.join(result['files'])}", highlight=False, soft_wrap=True)
 
