@@ -78,14 +78,14 @@ log() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"; }
 # its exit status (124: stopped at the time limit) and go on whatever it returned.
 step() {
   local name="$1" cap="$2"; shift 2
-  local left=$((BUDGET_S - (SECONDS - T0)))
+  local left=$((BUDGET_S - (SECONDS - T0))) why=""
   if [[ -n "${GPU_CHECK_ONLY:-}" && ",$GPU_CHECK_ONLY," != *",$name,"* ]]; then
-    log "SKIP $name: not in GPU_CHECK_ONLY"
-    printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
-    return 0
+    why="not in GPU_CHECK_ONLY"
+  elif ((left < MIN_START_S)); then
+    why="${left}s of the ${BUDGET_S}s budget left"
   fi
-  if ((left < MIN_START_S)); then
-    log "SKIP $name: ${left}s of the ${BUDGET_S}s budget left"
+  if [[ -n "$why" ]]; then
+    log "SKIP $name: $why"
     printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
     return 0
   fi

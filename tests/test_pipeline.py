@@ -216,31 +216,25 @@ def test_recipes_load_and_real_model_recipes_run_one_step(path, tmp_path):
     assert metrics["steps"] == 1
 
 
+BAD_RECIPES = [  # (YAML, what the error says: the file, the field, the problem)
+    ("name: x\nexpert: {steps: 3, stpes: 4}\n", r"r.yaml: expert.stpes: unknown key; valid: .*steps"),
+    ("name: x\nexpert: {steps: many}\n", r"r.yaml: expert.steps: must be int, got 'many'"),
+    ("tasks: add\n", r"r.yaml: tasks: must be a list"),
+    ("name: [unclosed\n", r"r.yaml: file: not valid YAML"),
+    ("embedded_base: {layers: 4, stpes: 1000}\n", r"r.yaml: embedded_base.stpes: unknown key; valid: .*steps"),
+    ("embedded_base: {layers: four}\n", r"r.yaml: embedded_base.layers: must be int, got 'four'"),
+    ("base: /models/qwen\nembedded_base: {layers: 4}\n", r"r.yaml: embedded_base: applies to base: default only"),
+]
+
+
 def test_bad_recipes_name_the_field(tmp_path):
     f = tmp_path / "r.yaml"
-    f.write_text("name: x\nexpert: {steps: 3, stpes: 4}\n")
-    with pytest.raises(DataError, match=r"r.yaml: expert.stpes: unknown key; valid: .*steps"):
-        load_recipe(f)
-    f.write_text("name: x\nexpert: {steps: many}\n")
-    with pytest.raises(DataError, match=r"r.yaml: expert.steps: must be int, got 'many'"):
-        load_recipe(f)
-    f.write_text("tasks: add\n")
-    with pytest.raises(DataError, match=r"r.yaml: tasks: must be a list"):
-        load_recipe(f)
-    f.write_text("name: [unclosed\n")
-    with pytest.raises(DataError, match=r"r.yaml: file: not valid YAML"):
-        load_recipe(f)
+    for text, message in BAD_RECIPES:
+        f.write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_recipe(f)
     with pytest.raises(LoramixError, match="recipe methods: unknown"):
         Pipeline(dataclasses.replace(Recipe(), methods=["hard_mor"]), tmp_path)
-    f.write_text("embedded_base: {layers: 4, stpes: 1000}\n")
-    with pytest.raises(DataError, match=r"r.yaml: embedded_base.stpes: unknown key; valid: .*steps"):
-        load_recipe(f)
-    f.write_text("embedded_base: {layers: four}\n")
-    with pytest.raises(DataError, match=r"r.yaml: embedded_base.layers: must be int, got 'four'"):
-        load_recipe(f)
-    f.write_text("base: /models/qwen\nembedded_base: {layers: 4}\n")
-    with pytest.raises(DataError, match=r"r.yaml: embedded_base: applies to base: default only"):
-        load_recipe(f)
 
 
 def test_embedded_base_fields_pick_the_built_base(tmp_path, monkeypatch):
