@@ -188,6 +188,14 @@ def test_readme_results_are_spliced_from_the_report(mini_run, tmp_path):
     text = readme.read_text()
     assert "Preconditions of the embedded world" in text and "| verdict |" in text
     assert "OLD RESULTS" not in text and text.endswith("tail\n") and "| mor_lora_hard |" in text
+    # a section named after the recipe is preferred, so one README holds several recipes' results
+    named = "<!-- results:mini:start -->\nOLD MINI\n<!-- results:mini:end -->"
+    readme.write_text(f"{START}\nOLD TINY\n{END}\n{named}\n")
+    update_readme(root / "runs" / "mini", readme)
+    text = readme.read_text()
+    plain, named_part = text.split("<!-- results:mini:start -->")
+    assert "OLD TINY" in plain and "| mor_lora_hard |" not in plain
+    assert "OLD MINI" not in named_part and "| mor_lora_hard |" in named_part
     readme.write_text("no markers")
     with pytest.raises(LoramixError, match="no <!-- results:start -->"):
         update_readme(root / "runs" / "mini", readme)

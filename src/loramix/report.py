@@ -1,6 +1,8 @@
 """The pipeline's report: ``report.json`` (methods, routing, mixed, targets) and ``report.md`` with
 tables and plots, built only from the files the stages wrote. ``update_readme`` splices the report's
-tables into a README between ``<!-- results:start -->`` and ``<!-- results:end -->``."""
+tables into a README between ``<!-- results:start -->`` and ``<!-- results:end -->``, or between
+``<!-- results:RECIPE:start -->`` and ``<!-- results:RECIPE:end -->`` where the README has a section for
+that recipe (one README, several recipes' results)."""
 
 from __future__ import annotations
 
@@ -489,7 +491,8 @@ def write_report(report: dict, run: Path) -> None:
 
 
 def update_readme(run: str | Path, readme: str | Path = "README.md") -> Path:
-    """Replace the README's results section with the tables of ``run``'s report.json."""
+    """Replace the README's results section for ``run``'s recipe (``<!-- results:RECIPE:start -->``
+    ... ``end``, or else the plain one) with the tables of ``run``'s report.json."""
     run, readme = Path(run), Path(readme)
     report = _read(run / "report.json")
     if report is None:
@@ -498,7 +501,9 @@ def update_readme(run: str | Path, readme: str | Path = "README.md") -> Path:
             f"(recipe `{report['recipe']}`, stage times in seconds: "
             + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items()) + ")._\n\n"
             + tables_markdown(report) + "\n")
-    return replace_readme_section(readme, START, END, body)
+    name = report["recipe"]
+    return replace_readme_section(readme, START, END, body,
+                                  prefer=(f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"))
 
 
 def replace_readme_section(readme: str | Path, start: str, end: str, body: str,
